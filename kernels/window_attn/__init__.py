@@ -1,0 +1,22 @@
+"""3D (shifted) window attention with relative position bias: reference, Triton, dispatch."""
+
+from .dispatch import (
+    PRIORITY,
+    WindowAttention3D,
+    can_run_cuda,
+    can_run_triton,
+    window_attention,
+)
+from .reference import relative_position_index, window_attention_ref
+from .torchvision_patch import patch_torchvision_swin3d
+
+__all__ = [
+    "PRIORITY",
+    "WindowAttention3D",
+    "can_run_cuda",
+    "can_run_triton",
+    "patch_torchvision_swin3d",
+    "relative_position_index",
+    "window_attention",
+    "window_attention_ref",
+]

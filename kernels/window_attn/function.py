@@ -1,0 +1,132 @@
+"""`WindowAttentionFunction`: autograd over the window-attention launchers, and their torch ops.
+
+The Function is generic over an implementation registered by name ("triton"; "cuda" once csrc
+has a kernel): an impl exposes `fwd(q, k, v, table, k_pad, v_pad, window_size, shift_size, scale,
+mask_value, clamped_index) -> (o, lse)` and `bwd(do, q, k, v, o, lse, table, k_pad, v_pad, ...)
+-> (dq, dk, dv, dtable, dk_pad, dv_pad)`.
+
+For torch.compile the launchers are also registered as the custom ops `lfvila::window_attn_fwd`
+and `lfvila::window_attn_bwd` with fake (meta) implementations, so a compiled model traces through
+them without a graph break. `LFVILA_DISABLE_TORCH_OPS=1` calls the launchers directly instead;
+the Function body is the same either way. The variable is read once, at import.
+
+Backward is deterministic (see triton_impl): two runs give bitwise-identical gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+from .._backend import torch_ops_enabled
+
+_IMPL_MODULES = {"triton": "lfvila.kernels.window_attn.triton_impl"}
+
+
+def _launchers(name: str):
+    return importlib.import_module(_IMPL_MODULES[name])
+
+
+@torch.library.custom_op("lfvila::window_attn_fwd", mutates_args=())
+def _fwd_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    table: Tensor | None,
+    k_pad: Tensor | None,
+    v_pad: Tensor | None,
+    window_size: list[int],
+    shift_size: list[int],
+    scale: float,
+    mask_value: float,
+    clamped_index: str,
+    impl: str,
+) -> tuple[Tensor, Tensor]:
+    return _launchers(impl).fwd(
+        q, k, v, table, k_pad, v_pad, tuple(window_size), tuple(shift_size), scale, mask_value,
+        clamped_index,
+    )  # fmt: skip
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, table, k_pad, v_pad, window_size, shift_size, scale, mask_value, ci, impl):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("lfvila::window_attn_bwd", mutates_args=())
+def _bwd_op(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    table: Tensor | None,
+    k_pad: Tensor | None,
+    v_pad: Tensor | None,
+    window_size: list[int],
+    shift_size: list[int],
+    scale: float,
+    mask_value: float,
+    clamped_index: str,
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grads = _launchers(impl).bwd(
+        do, q, k, v, o, lse, table, k_pad, v_pad, tuple(window_size), tuple(shift_size), scale,
+        mask_value, clamped_index,
+    )  # fmt: skip
+    # Custom ops cannot return None: an absent gradient travels as an empty tensor.
+    return tuple(g if g is not None else q.new_empty(0) for g in grads)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(do, q, k, v, o, lse, table, k_pad, v_pad, window_size, shift_size, scale, mv, ci, im):
+    def like(x):
+        return x.new_empty(x.shape) if x is not None else q.new_empty(0)
+
+    return like(q), like(k), like(v), like(table), like(k_pad), like(v_pad)
+
+
+# Read once at import, so dynamo sees a constant (LFVILA_DISABLE_TORCH_OPS=1: launchers directly).
+USE_TORCH_OPS = torch_ops_enabled()
+
+
+def _run_fwd(impl: str, *args):
+    if USE_TORCH_OPS:
+        return torch.ops.lfvila.window_attn_fwd(*args, impl)
+    return _launchers(impl).fwd(*args)
+
+
+def _run_bwd(impl: str, *args):
+    if not USE_TORCH_OPS:
+        return _launchers(impl).bwd(*args)
+    grads = torch.ops.lfvila.window_attn_bwd(*args, impl)
+    inputs = (*args[1:4], *args[6:9])  # q, k, v, table, k_pad, v_pad
+    return tuple(None if x is None else g for g, x in zip(grads, inputs))
+
+
+class WindowAttentionFunction(torch.autograd.Function):
+    """o = window_attention(q, k, v, ...) with gradients for q, k, v, the table and pad_kv."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx, q, k, v, table, k_pad, v_pad, window_size, shift_size, scale, mask_value,
+        clamped_index, impl,
+    ):  # fmt: skip
+        args = (list(window_size), list(shift_size), float(scale), float(mask_value), clamped_index)
+        o, lse = _run_fwd(impl, q, k, v, table, k_pad, v_pad, *args)
+        if any(ctx.needs_input_grad[:6]):
+            ctx.save_for_backward(q, k, v, o, lse, table, k_pad, v_pad)
+        ctx.args, ctx.impl = args, impl
+        return o
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, do):
+        q, k, v, o, lse, table, k_pad, v_pad = ctx.saved_tensors
+        grads = _run_bwd(ctx.impl, do, q, k, v, o, lse, table, k_pad, v_pad, *ctx.args)
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
+        return (*grads, None, None, None, None, None, None)

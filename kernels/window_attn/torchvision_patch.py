@@ -1,0 +1,67 @@
+"""`patch_torchvision_swin3d`: run torchvision's video Swin attention on the fused path.
+
+torchvision is imported only when the patch is applied. Every `ShiftedWindowAttention3d` keeps its
+parameters, buffers and state-dict keys; only its forward changes. Where a window is clamped to a
+small map, torchvision (like Video-Swin) slices its index buffer `[:N, :N]`, which mis-indexes the
+table; the patch keeps that behaviour (`clamped_index="legacy"`) so that outputs do not change.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from .dispatch import window_attention
+
+
+@functools.cache
+def _fused_class():
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    class FusedShiftedWindowAttention3d(ShiftedWindowAttention3d):
+        """torchvision's ShiftedWindowAttention3d computed by `lfvila.kernels.window_attention`."""
+
+        backend = "auto"
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            B, T, H, W, C = x.shape
+            heads, head_dim = self.num_heads, C // self.num_heads
+            q, k, v = self.qkv(x).view(B, T, H, W, 3, heads, head_dim).unbind(4)
+            if self.qkv.bias is not None:
+                _, k_pad, v_pad = self.qkv.bias.view(3, heads, head_dim)
+            else:
+                k_pad = v_pad = x.new_zeros(heads, head_dim)
+            o = window_attention(
+                q, k, v, tuple(self.window_size), tuple(self.shift_size),
+                self.relative_position_bias_table, head_dim**-0.5, (k_pad, v_pad),
+                backend=self.backend, clamped_index="legacy",
+                dropout_p=self.attention_dropout if self.training else 0.0,
+            )  # fmt: skip
+            o = self.proj(o.reshape(B, T, H, W, C))
+            return nn.functional.dropout(o, p=self.dropout, training=self.training)
+
+    return ShiftedWindowAttention3d, FusedShiftedWindowAttention3d
+
+
+def patch_torchvision_swin3d(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Switch every torchvision `ShiftedWindowAttention3d` in `model` to the fused path, in place.
+
+    Args:
+        model: a torchvision video Swin (swin3d_t/s/b) or any module containing them.
+        backend: window-attention backend for the patched modules.
+
+    Returns:
+        `model`, whose outputs equal the unpatched model's (weights and keys unchanged).
+    """
+    original, fused = _fused_class()
+    count = 0
+    for module in model.modules():
+        if isinstance(module, original):
+            module.__class__ = fused
+            module.backend = backend
+            count += 1
+    if count == 0:
+        raise ValueError("model contains no torchvision ShiftedWindowAttention3d to patch")
+    return model

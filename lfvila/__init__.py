@@ -1,0 +1,3 @@
+"""lfvila: LF-VILA long-form video-language pre-training."""
+
+__version__ = "0.1.0"

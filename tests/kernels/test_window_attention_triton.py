@@ -1,0 +1,208 @@
+"""Triton window attention (interpreter on CPU) against the reference, by the error-ratio rule.
+
+fp32 and fp16 only on CPU: bf16 tl.dot is wrong under the interpreter (bf16 runs in the GPU
+tests). Shapes are tiny because the interpreter costs milliseconds per program and loop step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lfvila.kernels import window_attention, window_attention_ref
+from lfvila.kernels.testing import (
+    assert_error_ratio,
+    assert_grads_error_ratio,
+    guarded,
+    no_tf32,
+    window_attention_inputs,
+)
+from lfvila.kernels.window_attn import triton_impl
+
+from ..helpers import grads, leaves
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (B, T, H, W, heads, D), window, shift, pad_kv, clamped_index. Comments: what the case covers.
+CASES = {
+    # 30-token windows, two per 64-row program, padding tokens carrying the qkv bias
+    "packed-shift-pad": ((2, 4, 6, 10, 3, 16), (2, 3, 5), (0, 1, 2), True, "effective"),
+    # a map the window does not divide, padding keys masked out
+    "pad-masked": ((1, 5, 7, 9, 2, 16), (2, 3, 5), (0, 1, 2), False, "effective"),
+    # shift on all three axes, non-divisible, head_dim 32
+    "shift-all-axes": ((1, 5, 4, 7, 2, 32), (2, 3, 5), (1, 1, 2), True, "effective"),
+    # 6-token windows: four per program
+    "tiny-windows": ((2, 3, 4, 6, 2, 16), (1, 2, 3), (0, 1, 1), True, "effective"),
+    # temporal axis clamped 8 -> 4 (L5-like global window), table of the configured window
+    "clamped": ((2, 4, 3, 5, 2, 32), (8, 3, 5), (0, 1, 2), True, "effective"),
+    # torchvision's index[:N, :N] behaviour on a clamped window
+    "clamped-legacy": ((1, 3, 4, 4, 2, 16), (4, 3, 5), (2, 1, 2), True, "legacy"),
+    # 84-token windows: NP = 128 > the 64-row backward block: dk/dv, dq and bias kernels
+    "multi-tile": ((1, 4, 6, 7, 2, 16), (4, 3, 7), (0, 1, 3), True, "effective"),
+    "multi-tile-masked": ((1, 5, 4, 9, 1, 64), (4, 3, 7), (0, 1, 3), False, "effective"),
+}
+
+
+def _reference_grads(inp, window, shift, clamped, dtype, g):
+    q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"], dtype=dtype)
+    pad = tuple(leaves(*inp["pad_kv"], dtype=dtype)) if inp["pad_kv"] is not None else None
+    out = window_attention_ref(q, k, v, window, shift, table, pad_kv=pad, clamped_index=clamped)
+    ins = [q, k, v, table] + (list(pad) if pad else [])
+    return out, grads(out, ins, g.to(dtype))
+
+
+def check_against_reference(inp, window, shift, clamped, run):
+    """`run(q, k, v, table, pad_kv, g) -> (out, grads)` on the kernel; error-ratio rule on all."""
+    dtype = inp["q"].dtype
+    truth_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+    g = torch.randn(inp["q"].shape, generator=torch.Generator().manual_seed(1)).to(inp["q"].device)
+    with no_tf32():
+        truth, truth_grads = _reference_grads(inp, window, shift, clamped, truth_dtype, g)
+        pt, pt_grads = _reference_grads(inp, window, shift, clamped, dtype, g)
+    out, out_grads = run(g.to(dtype))
+    assert out.dtype == dtype
+    assert_error_ratio(out, truth, pt, "output")
+    names = ["dq", "dk", "dv", "dtable", "dk_pad", "dv_pad"][: len(out_grads)]
+    assert_grads_error_ratio(out_grads, truth_grads, pt_grads, names)
+
+
+def _public_api_run(inp, window, shift, clamped):
+    def run(g):
+        q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"])
+        pad = tuple(leaves(*inp["pad_kv"])) if inp["pad_kv"] is not None else None
+        out = window_attention(
+            q, k, v, window, shift, table, pad_kv=pad, backend="triton", clamped_index=clamped
+        )
+        return out, grads(out, [q, k, v, table] + (list(pad) if pad else []), g)
+
+    return run
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_window_attention_triton_matches_reference(case, dtype):
+    if dtype == torch.float16 and case not in ("packed-shift-pad", "multi-tile", "clamped"):
+        pytest.skip("fp16 runs on a representative subset to keep the interpreter time down")
+    shape, window, shift, pad, clamped = CASES[case]
+    inp = window_attention_inputs(shape, window, dtype, DEVICE, seed=len(case), pad_kv=pad)
+    check_against_reference(
+        inp, window, shift, clamped, _public_api_run(inp, window, shift, clamped)
+    )
+
+
+@pytest.mark.parametrize(
+    "block, chunks, window, shift",
+    [
+        (16, 3, (2, 3, 5), (0, 1, 2)),  # 32-row windows over two 16-row blocks: online softmax
+        (32, 2, (1, 2, 3), (0, 1, 1)),  # packed 16-row windows, chunked bias partials
+    ],
+)
+def test_window_attention_triton_tilings(block, chunks, window, shift):
+    """Force block sizes and chunk counts that default heuristics would not pick."""
+    inp = window_attention_inputs((1, 4, 6, 5, 2, 16), window, torch.float32, DEVICE, seed=block)
+
+    def run(g):
+        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
+        k_pad, v_pad = inp["pad_kv"]
+        args = (window, shift, 16**-0.5, -100.0, "effective")
+        out, lse = triton_impl.fwd(q, k, v, table, k_pad, v_pad, *args, block=block)
+        gs = triton_impl.bwd(
+            g, q, k, v, out, lse, table, k_pad, v_pad, *args, block=block, chunks=chunks
+        )
+        return out, list(gs)
+
+    check_against_reference(inp, window, shift, "effective", run)
+
+
+def test_window_attention_triton_guarded_noncontiguous_inputs():
+    """q, k, v as strided views inside NaN-filled storage: any unmasked over-read shows as NaN."""
+    shape, window, shift = (1, 5, 7, 9, 2, 16), (2, 3, 5), (0, 1, 2)
+    inp = window_attention_inputs(shape, window, torch.float32, DEVICE, seed=11)
+    guarded_inp = dict(inp, q=guarded(inp["q"]), k=guarded(inp["k"]), v=guarded(inp["v"]))
+    assert not guarded_inp["q"].is_contiguous()
+    check_against_reference(
+        guarded_inp,
+        window,
+        shift,
+        "effective",
+        _public_api_run(guarded_inp, window, shift, "effective"),
+    )
+
+
+@pytest.mark.parametrize("case", ["packed-shift-pad", "multi-tile"])
+def test_window_attention_triton_backward_deterministic(case):
+    """Bias-table (and every other) gradient is bitwise identical across runs: no float atomics."""
+    shape, window, shift, pad, _ = CASES[case]
+    inp = window_attention_inputs(shape, window, torch.float32, DEVICE, seed=2, pad_kv=pad)
+    g = torch.randn(shape, device=DEVICE)
+
+    def once():
+        q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"])
+        pad_kv = tuple(leaves(*inp["pad_kv"]))
+        out = window_attention(q, k, v, window, shift, table, pad_kv=pad_kv, backend="triton")
+        return grads(out, [q, k, v, table, *pad_kv], g)
+
+    first, second = once(), once()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_window_attention_triton_custom_op_opcheck():
+    inp = window_attention_inputs((1, 2, 3, 5, 2, 16), (2, 3, 5), torch.float32, DEVICE, seed=4)
+    args = (
+        inp["q"],
+        inp["k"],
+        inp["v"],
+        inp["rel_pos_bias"],
+        *inp["pad_kv"],
+        [2, 3, 5],
+        [0, 1, 2],
+        0.25,
+        -100.0,
+        "effective",
+        "triton",
+    )
+    torch.library.opcheck(
+        torch.ops.lfvila.window_attn_fwd.default,
+        args,
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    out, lse = torch.ops.lfvila.window_attn_fwd(*args)
+    bwd_args = (torch.randn_like(out), inp["q"], inp["k"], inp["v"], out, lse, *args[3:])
+    torch.library.opcheck(
+        torch.ops.lfvila.window_attn_bwd.default,
+        bwd_args,
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_window_attention_triton_compiles_without_graph_break():
+    """Dynamo traces the autograd Function and its custom ops in one graph (aot_eager backend)."""
+    inp = window_attention_inputs((1, 2, 3, 5, 2, 16), (2, 3, 5), torch.float32, DEVICE, seed=6)
+
+    def fn(q, k, v, table):
+        return window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton").sum()
+
+    q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"])
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    loss = compiled(q, k, v, table)
+    loss.backward()
+    q2, k2, v2, t2 = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"])
+    expected = fn(q2, k2, v2, t2)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(table.grad, t2.grad)
+
+
+@pytest.mark.parametrize("window, clamped", [((2, 3, 5), "effective"), ((4, 3, 5), "legacy")])
+def test_fold_bias_kernel_matches_index_add(window, clamped):
+    """The GPU's deterministic table fold (run here under the interpreter) vs index_add_."""
+    from lfvila.kernels.window_attn.geometry import window_geometry
+
+    geom = window_geometry((3, 4, 4), window, (0, 1, 0), clamped)
+    n = geom.tokens
+    dense = torch.randn(3, n, n, dtype=torch.float64).float().to(DEVICE)
+    folded = triton_impl.dense_to_table(dense, geom, use_kernel=True)
+    expected = triton_impl.dense_to_table(dense.cpu(), geom, use_kernel=False)
+    torch.testing.assert_close(folded.cpu(), expected, rtol=1e-6, atol=1e-6)
+    assert folded.shape == (geom.table_rows, 3)
