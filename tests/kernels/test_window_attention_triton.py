@@ -9,17 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lfvila.kernels import window_attention, window_attention_ref
-from lfvila.kernels.testing import (
-    assert_error_ratio,
-    assert_grads_error_ratio,
-    guarded,
-    no_tf32,
-    window_attention_inputs,
-)
+from lfvila.kernels import window_attention
+from lfvila.kernels.testing import guarded, window_attention_inputs
 from lfvila.kernels.window_attn import triton_impl
 
 from ..helpers import grads, leaves
+from .window_checks import check_against_reference, public_api_run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -43,41 +38,6 @@ CASES = {
 }
 
 
-def _reference_grads(inp, window, shift, clamped, dtype, g):
-    q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"], dtype=dtype)
-    pad = tuple(leaves(*inp["pad_kv"], dtype=dtype)) if inp["pad_kv"] is not None else None
-    out = window_attention_ref(q, k, v, window, shift, table, pad_kv=pad, clamped_index=clamped)
-    ins = [q, k, v, table] + (list(pad) if pad else [])
-    return out, grads(out, ins, g.to(dtype))
-
-
-def check_against_reference(inp, window, shift, clamped, run):
-    """`run(q, k, v, table, pad_kv, g) -> (out, grads)` on the kernel; error-ratio rule on all."""
-    dtype = inp["q"].dtype
-    truth_dtype = torch.float64 if dtype == torch.float32 else torch.float32
-    g = torch.randn(inp["q"].shape, generator=torch.Generator().manual_seed(1)).to(inp["q"].device)
-    with no_tf32():
-        truth, truth_grads = _reference_grads(inp, window, shift, clamped, truth_dtype, g)
-        pt, pt_grads = _reference_grads(inp, window, shift, clamped, dtype, g)
-    out, out_grads = run(g.to(dtype))
-    assert out.dtype == dtype
-    assert_error_ratio(out, truth, pt, "output")
-    names = ["dq", "dk", "dv", "dtable", "dk_pad", "dv_pad"][: len(out_grads)]
-    assert_grads_error_ratio(out_grads, truth_grads, pt_grads, names)
-
-
-def _public_api_run(inp, window, shift, clamped):
-    def run(g):
-        q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"])
-        pad = tuple(leaves(*inp["pad_kv"])) if inp["pad_kv"] is not None else None
-        out = window_attention(
-            q, k, v, window, shift, table, pad_kv=pad, backend="triton", clamped_index=clamped
-        )
-        return out, grads(out, [q, k, v, table] + (list(pad) if pad else []), g)
-
-    return run
-
-
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_window_attention_triton_matches_reference(case, dtype):
@@ -86,7 +46,7 @@ def test_window_attention_triton_matches_reference(case, dtype):
     shape, window, shift, pad, clamped = CASES[case]
     inp = window_attention_inputs(shape, window, dtype, DEVICE, seed=len(case), pad_kv=pad)
     check_against_reference(
-        inp, window, shift, clamped, _public_api_run(inp, window, shift, clamped)
+        inp, window, shift, clamped, public_api_run(inp, window, shift, clamped)
     )
 
 
@@ -125,7 +85,7 @@ def test_window_attention_triton_guarded_noncontiguous_inputs():
         window,
         shift,
         "effective",
-        _public_api_run(guarded_inp, window, shift, "effective"),
+        public_api_run(guarded_inp, window, shift, "effective"),
     )
 
 

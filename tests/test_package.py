@@ -1,0 +1,64 @@
+"""Package layout, import hygiene and the command line."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import torch
+
+import lfvila
+import lfvila.kernels
+from lfvila.attention_demo import format_result, run_attention_demo
+from lfvila.cli import main
+from lfvila.shapes import AttentionLayer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_kernels_package_resolves_into_the_kernels_folder():
+    assert pathlib.Path(lfvila.kernels.__file__).resolve() == ROOT / "kernels" / "__init__.py"
+    assert pathlib.Path(lfvila.__file__).resolve() == ROOT / "lfvila" / "__init__.py"
+
+
+def test_import_without_optional_dependencies():
+    """With triton, DALI and lfvila._C unimportable, lfvila imports and runs on CPU."""
+    code = """
+import sys
+for name in ("triton", "nvidia", "nvidia.dali", "lfvila._C"):
+    sys.modules[name] = None
+import torch
+import lfvila, lfvila.kernels
+from lfvila.kernels import WindowAttention3D, can_run_triton
+m = WindowAttention3D(16, (2, 3, 5), 2)
+out = m(torch.randn(1, 3, 4, 7, 16), (0, 1, 2))
+assert out.shape == (1, 3, 4, 7, 16) and torch.isfinite(out).all()
+q = torch.randn(1, 2, 3, 5, 2, 16)
+print(can_run_triton(q, q, q)[0])
+assert "triton" not in sys.modules or sys.modules["triton"] is None
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "triton not importable" in result.stdout
+
+
+def test_cli_help_and_bad_layer(capsys):
+    result = subprocess.run(
+        [sys.executable, "-m", "lfvila", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "demo" in result.stdout
+    assert main(["demo", "--layer", "L9"]) == 2
+    assert "unknown layer 'L9'" in capsys.readouterr().err
+
+
+def test_attention_demo_on_a_tiny_layer():
+    """The demo's code path end to end (the real shapes take minutes in the interpreter)."""
+    tiny = AttentionLayer("tiny", (4, 6, 10), heads=2, window=(2, 3, 5), head_dim=16)
+    result = run_attention_demo(tiny, repeats=1, device="cpu", log=lambda msg: None)
+    assert result.ok, result.errors
+    assert result.dtype == torch.float32 and set(result.timings_ms) == {"reference", "fused"}
+    text = format_result(result)
+    assert "layer tiny" in text and "error-ratio rule" in text and ": yes" in text
