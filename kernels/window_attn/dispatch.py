@@ -280,16 +280,50 @@ class WindowAttention3D(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, shift_size=(0, 0, 0)) -> torch.Tensor:
-        B, T, H, W, C = x.shape
-        heads = self.num_heads
-        q, k, v = self.qkv(x).view(B, T, H, W, 3, heads, C // heads).unbind(4)
-        if self.qkv.bias is not None:
-            _, k_pad, v_pad = self.qkv.bias.view(3, heads, C // heads)
-        else:  # zero-padded x through a bias-free projection: zero keys and values
-            k_pad = v_pad = x.new_zeros(heads, C // heads)
-        o = window_attention(
-            q, k, v, self.window_size, tuple(shift_size), self.relative_position_bias_table,
-            self.scale, (k_pad, v_pad), backend=self.backend, clamped_index=self.clamped_index,
-            dropout_p=self.attn_drop if self.training else 0.0,
+        o = attention_block(
+            x, self.qkv, self.num_heads, self.window_size, tuple(shift_size),
+            self.relative_position_bias_table, self.scale, self.backend, self.clamped_index,
+            self.attn_drop if self.training else 0.0,
         )  # fmt: skip
-        return self.proj_drop(self.proj(o.reshape(B, T, H, W, C)))
+        return self.proj_drop(self.proj(o))
+
+
+def attention_block(
+    x: torch.Tensor,
+    qkv: nn.Linear,
+    num_heads: int,
+    window_size: tuple[int, int, int],
+    shift_size: tuple[int, int, int],
+    table: torch.Tensor | None,
+    scale: float,
+    backend: str,
+    clamped_index: str,
+    dropout_p: float,
+) -> torch.Tensor:
+    """x (B, T, H, W, C) -> attention output (B, T, H, W, C), before the output projection.
+
+    Padding tokens take part with key/value = the qkv bias (zero without one), exactly as
+    Video-Swin's zero padding of x before its projection. On the CPU q, k and v come from three
+    GEMMs (contiguous outputs: measured faster there than one GEMM and strided views); on a GPU
+    from one GEMM, whose strided views the kernel reads directly.
+    """
+    B, T, H, W, C = x.shape
+    head_dim = C // num_heads
+    if x.device.type == "cpu":
+        weights = qkv.weight.chunk(3)
+        biases = qkv.bias.chunk(3) if qkv.bias is not None else (None,) * 3
+        q, k, v = (
+            nn.functional.linear(x, w, b).view(B, T, H, W, num_heads, head_dim)
+            for w, b in zip(weights, biases)
+        )
+    else:
+        q, k, v = qkv(x).view(B, T, H, W, 3, num_heads, head_dim).unbind(4)
+    if qkv.bias is not None:
+        _, k_pad, v_pad = qkv.bias.view(3, num_heads, head_dim)
+    else:  # zero-padded x through a bias-free projection: zero keys and values
+        k_pad = v_pad = x.new_zeros(num_heads, head_dim)
+    o = window_attention(
+        q, k, v, window_size, shift_size, table, scale, (k_pad, v_pad), backend=backend,
+        clamped_index=clamped_index, dropout_p=dropout_p,
+    )  # fmt: skip
+    return o.reshape(B, T, H, W, C)

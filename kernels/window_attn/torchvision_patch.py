@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from .dispatch import window_attention
+from .dispatch import attention_block
 
 
 @functools.cache
@@ -26,21 +26,12 @@ def _fused_class():
         backend = "auto"
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            B, T, H, W, C = x.shape
-            heads, head_dim = self.num_heads, C // self.num_heads
-            q, k, v = self.qkv(x).view(B, T, H, W, 3, heads, head_dim).unbind(4)
-            if self.qkv.bias is not None:
-                _, k_pad, v_pad = self.qkv.bias.view(3, heads, head_dim)
-            else:
-                k_pad = v_pad = x.new_zeros(heads, head_dim)
-            o = window_attention(
-                q, k, v, tuple(self.window_size), tuple(self.shift_size),
-                self.relative_position_bias_table, head_dim**-0.5, (k_pad, v_pad),
-                backend=self.backend, clamped_index="legacy",
-                dropout_p=self.attention_dropout if self.training else 0.0,
+            o = attention_block(
+                x, self.qkv, self.num_heads, tuple(self.window_size), tuple(self.shift_size),
+                self.relative_position_bias_table, (x.shape[-1] // self.num_heads) ** -0.5,
+                self.backend, "legacy", self.attention_dropout if self.training else 0.0,
             )  # fmt: skip
-            o = self.proj(o.reshape(B, T, H, W, C))
-            return nn.functional.dropout(o, p=self.dropout, training=self.training)
+            return nn.functional.dropout(self.proj(o), p=self.dropout, training=self.training)
 
     return ShiftedWindowAttention3d, FusedShiftedWindowAttention3d
 

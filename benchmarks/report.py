@@ -1,0 +1,239 @@
+"""Turn pytest-benchmark JSON into a Markdown report (and PNG plots when matplotlib is there).
+
+    python benchmarks/report.py RESULTS.json --out benchmarks/results/<theme>_<gpu>_<date>.md
+
+The report has a header (device, driver/CUDA, torch, triton, git sha, command), the copy
+bandwidth, one table per benchmark level (op, module) with median and IQR milliseconds per call,
+TFLOP/s, GB/s against PERF.md's minimal bytes, % of the measured copy bandwidth and speedups, and
+a check of the issue's targets for the Triton op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+
+TARGETS = (
+    ("flex", 2.0, "fwd_bwd", "at least 2x FlexAttention (fwd+bwd)"),
+    ("video-swin-eager", 4.0, "fwd_bwd", "at least 4x the unfused eager steps (fwd+bwd)"),
+)
+FWD_ROOFLINE_TARGET = 0.60
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def environment() -> dict[str, str]:
+    """Versions and the device of this machine (the report runs where the benchmarks ran)."""
+    env = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["cuda"] = str(torch.version.cuda)
+        if torch.cuda.is_available():
+            env["device"] = torch.cuda.get_device_name()
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            env["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else "?"
+        else:
+            env["device"] = f"CPU ({env['cpu']}), no GPU"
+    except ImportError:
+        env["torch"] = "not installed"
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = "not installed"
+    env["git"] = _git_sha()
+    return env
+
+
+def load_rows(path: pathlib.Path) -> list[dict]:
+    """One row per benchmark: extra_info plus per-call median/IQR in milliseconds."""
+    data = json.loads(path.read_text())
+    rows = []
+    for bench in data.get("benchmarks", []):
+        info, stats = dict(bench.get("extra_info", {})), bench["stats"]
+        repeat = info.get("repeat", 1)
+        info["median_ms"] = stats["median"] * 1e3 / repeat
+        info["iqr_ms"] = stats["iqr"] * 1e3 / repeat
+        info["name"] = bench["name"]
+        rows.append(info)
+    return rows
+
+
+def _fmt(x, digits=3) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def copy_bandwidth_gbs(rows: list[dict]) -> float | None:
+    for row in rows:
+        if row.get("level") == "copy" and row.get("bytes"):
+            return row["bytes"] / (row["median_ms"] * 1e-3) / 1e9
+    return None
+
+
+def op_table(rows: list[dict], copy_gbs: float | None) -> list[str]:
+    ops = [r for r in rows if r.get("level") == "op"]
+    if not ops:
+        return []
+    ref = {(r["case"], r["mode"]): r["median_ms"] for r in ops if r["provider"] == "reference"}
+    lines = [
+        "| case | mode | provider | median ms | IQR ms | TFLOP/s | GB/s | % copy BW | vs ref |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(ops, key=lambda r: (r["case"], r["mode"], r["median_ms"])):
+        seconds = r["median_ms"] * 1e-3
+        tflops = r["flops"] / seconds / 1e12 if r.get("flops") else None
+        gbs = r["bytes"] / seconds / 1e9 if r.get("bytes") else None
+        pct = 100 * gbs / copy_gbs if gbs and copy_gbs else None
+        base = ref.get((r["case"], r["mode"]))
+        speedup = base / r["median_ms"] if base else None
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {r['provider']} | {_fmt(r['median_ms'])} | "
+            f"{_fmt(r['iqr_ms'], 2)} | {_fmt(tflops)} | {_fmt(gbs)} | {_fmt(pct)} | "
+            f"{_fmt(speedup)}x |"
+        )
+    return lines
+
+
+def target_checks(rows: list[dict], copy_gbs: float | None) -> list[str]:
+    """The issue's GPU targets for the Triton op, one line per case, with the measured ratios."""
+    ops = defaultdict(dict)
+    for r in rows:
+        if r.get("level") == "op":
+            ops[(r["case"], r["mode"])][r["provider"]] = r
+    lines = []
+    for (case, mode), by_provider in sorted(ops.items()):
+        triton = by_provider.get("triton")
+        if triton is None:
+            continue
+        for other, factor, target_mode, text in TARGETS:
+            if mode == target_mode and other in by_provider:
+                ratio = by_provider[other]["median_ms"] / triton["median_ms"]
+                verdict = "met" if ratio >= factor else "NOT met"
+                lines.append(f"- {case}: {text}: {ratio:.2f}x, {verdict}")
+        if mode == "fwd" and copy_gbs and triton.get("bytes"):
+            frac = triton["bytes"] / (triton["median_ms"] * 1e-3) / 1e9 / copy_gbs
+            verdict = "met" if frac >= FWD_ROOFLINE_TARGET else "NOT met"
+            lines.append(
+                f"- {case}: forward at >= 60% of copy bandwidth: {100 * frac:.0f}%, {verdict}"
+            )
+    return lines
+
+
+def module_table(rows: list[dict]) -> list[str]:
+    mods = [r for r in rows if r.get("level") == "module"]
+    if not mods:
+        return []
+    base = {(r["case"], r["mode"]): r["median_ms"] for r in mods if r["provider"] == "torchvision"}
+    lines = [
+        "| case | mode | provider | dtype | batch | median ms | IQR ms | vs torchvision |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(mods, key=lambda r: (r["case"], r["mode"], r["provider"])):
+        b = base.get((r["case"], r["mode"]))
+        speedup = b / r["median_ms"] if b else None
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {r['provider']} | {r['dtype']} | "
+            f"{r.get('batch', '-')} | {_fmt(r['median_ms'])} | {_fmt(r['iqr_ms'], 2)} | "
+            f"{_fmt(speedup)}x |"
+        )
+    return lines
+
+
+def plots(rows: list[dict], out: pathlib.Path) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "Plots: matplotlib is not installed on this machine; none drawn."
+    ops = [r for r in rows if r.get("level") == "op" and r["mode"] == "fwd_bwd"]
+    if not ops:
+        return "Plots: no op benchmarks to plot."
+    cases = sorted({r["case"] for r in ops})
+    providers = sorted({r["provider"] for r in ops})
+    fig, ax = plt.subplots(figsize=(max(6, len(cases)), 4))
+    width = 0.8 / len(providers)
+    for i, provider in enumerate(providers):
+        ms = {r["case"]: r["median_ms"] for r in ops if r["provider"] == provider}
+        ax.bar(
+            [c + i * width for c in range(len(cases))],
+            [ms.get(c, 0) for c in cases],
+            width,
+            label=provider,
+        )
+    ax.set_xticks([c + 0.4 for c in range(len(cases))], cases, rotation=45, ha="right")
+    ax.set_ylabel("fwd+bwd ms (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    fig.savefig(png)
+    return f"Plot: {png.name}"
+
+
+def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Path) -> str:
+    copy_gbs = copy_bandwidth_gbs(rows)
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"# Window attention benchmarks: {env.get('device', '?')} ({today})",
+        "",
+        f"- device: {env.get('device', '?')}; driver {env.get('driver', '-')}; "
+        f"CUDA {env.get('cuda', '-')}",
+        f"- torch {env.get('torch')}, triton {env.get('triton')}, python {env.get('python')}, "
+        f"git {env.get('git')}",
+        f"- command: `{command}`",
+        f"- copy bandwidth (device-to-device, read + write): {_fmt(copy_gbs)} GB/s",
+        "- times are per call (median and IQR over rounds); GB/s uses PERF.md's minimal bytes,",
+        "  TFLOP/s its FLOP counts (backward = 2.5x forward)",
+        "",
+    ]
+    if table := op_table(rows, copy_gbs):
+        lines += ["## The attention op (q, k, v -> o with RPB and shift)", "", *table, ""]
+    if checks := target_checks(rows, copy_gbs):
+        lines += ["## Targets (issue 2)", "", *checks, ""]
+    if table := module_table(rows):
+        lines += ["## Whole module vs torchvision's ShiftedWindowAttention3d", "", *table, ""]
+    lines += [plots(rows, out), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=pathlib.Path, help="pytest-benchmark --benchmark-json file")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="Markdown file to write")
+    parser.add_argument("--command", default=" ".join(sys.argv), help="command that produced it")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        parser.error(f"results file {args.results} does not exist")
+    rows = load_rows(args.results)
+    if not rows:
+        print(f"report: {args.results} holds no benchmark", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows, environment(), args.command, args.out))
+    print(f"report: wrote {args.out} ({len(rows)} benchmarks)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
