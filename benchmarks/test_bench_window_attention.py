@@ -82,7 +82,7 @@ def test_bench_window_attention_module_cpu(benchmark, case_id, provider, mode):
 
     group = f"cpu-module-{case_id}-{mode}"
     benchmark.group = group
-    run(benchmark, step, "cpu", rounds=5, warmup=1, provider=provider, mode=mode, case=case_id,
+    run(benchmark, step, "cpu", rounds=9, warmup=2, provider=provider, mode=mode, case=case_id,
         dtype="float32", batch=CPU_BATCH, level="module")  # fmt: skip
 
 

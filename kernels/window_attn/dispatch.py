@@ -39,11 +39,7 @@ _logged_choices: set[tuple] = set()
 
 
 def can_run_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    pad_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    dropout_p: float = 0.0,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
 ) -> list[str]:
     """Reasons the Triton kernels cannot run these inputs; empty when they can."""
     reasons = []
@@ -79,13 +75,13 @@ def can_run_cuda(q: torch.Tensor, *args, **kwargs) -> list[str]:
     return [] if q.is_cuda else [f"device {q.device.type} is not cuda"]
 
 
-def _choose_backend(backend: str, q, k, v, pad_kv, dropout_p) -> str:
+def _choose_backend(backend: str, q, k, v, dropout_p) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = backend_override() or "auto"
     checks = {
-        "triton": lambda: can_run_triton(q, k, v, pad_kv, dropout_p),
+        "triton": lambda: can_run_triton(q, k, v, dropout_p),
         "cuda": lambda: can_run_cuda(q),
         "reference": lambda: [],
     }
@@ -226,7 +222,7 @@ def window_attention(
         q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value, clamped_index
     )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = _choose_backend(backend, q, k, v, pad_kv, dropout_p)
+    chosen = _choose_backend(backend, q, k, v, dropout_p)
     if chosen == "reference":
         return window_attention_ref(
             q,

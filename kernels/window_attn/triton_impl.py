@@ -953,7 +953,11 @@ def bwd(
         do, lse, delta,
     )  # fmt: skip
     scalars = _scalars(scale, mask_value)
-    flags = dict(HAS_PAD_KV=has_pad, DOT_PRECISION=dot_precision(q.dtype), num_warps=4)
+    # Fixed launch settings, no autotuning: the config must not change run to run (determinism).
+    # Wider heads carry four (BLOCK, D) operand tiles: 8 warps keep them in registers.
+    flags = dict(
+        HAS_PAD_KV=has_pad, DOT_PRECISION=dot_precision(q.dtype), num_warps=4 if D <= 32 else 8
+    )
     f32 = dict(dtype=torch.float32, device=q.device)
     with _on_device(q):
         if np_rows <= blk:
