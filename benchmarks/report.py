@@ -159,6 +159,22 @@ def module_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def paired_table(rows: list[dict]) -> list[str]:
+    pairs = [r for r in rows if r.get("level") == "module-paired" and "speedup" in r]
+    if not pairs:
+        return []
+    lines = [
+        "| case | mode | lfvila ms | torchvision ms | lfvila speedup |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(pairs, key=lambda r: (r["case"], r["mode"])):
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {_fmt(r['lfvila_ms'])} | {_fmt(r['torchvision_ms'])} | "
+            f"{r['speedup']:.2f}x |"
+        )
+    return lines
+
+
 def plots(rows: list[dict], out: pathlib.Path) -> str:
     try:
         import matplotlib
@@ -213,6 +229,13 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## Targets (issue 2)", "", *checks, ""]
     if table := module_table(rows):
         lines += ["## Whole module vs torchvision's ShiftedWindowAttention3d", "", *table, ""]
+    if table := paired_table(rows):
+        lines += [
+            "## Whole module vs torchvision, timed alternately in each round (median per call)",
+            "",
+            *table,
+            "",
+        ]
     lines += [plots(rows, out), ""]
     return "\n".join(lines)
 

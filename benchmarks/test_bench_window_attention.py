@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 
 import pytest
 import torch
@@ -84,6 +85,47 @@ def test_bench_window_attention_module_cpu(benchmark, case_id, provider, mode):
     benchmark.group = group
     run(benchmark, step, "cpu", rounds=9, warmup=2, provider=provider, mode=mode, case=case_id,
         dtype="float32", batch=CPU_BATCH, level="module")  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_bench_window_attention_module_cpu_paired(benchmark, case_id, mode):
+    """Both modules timed alternately within each round (order swapped every round), so that the
+    2-core machine's drift and allocator state hit both alike: the ratio is the headline."""
+    spec, shift = SPECS[case_id]
+    modules = dict(zip(("torchvision", "lfvila"), _module_pair(spec, shift)))
+    x, _, _ = _module_truth(case_id)
+    x = x.clone().requires_grad_(mode == "fwd_bwd")
+    grad = torch.randn_like(x)
+    times = {name: [] for name in modules}
+    rounds = [0]
+
+    def call(name):
+        provider = "torchvision" if name == "torchvision" else "reference"
+        start = time.perf_counter()
+        if mode == "fwd":
+            with torch.no_grad():
+                _call_module(modules[name], x, shift, provider)
+        else:
+            _call_module(modules[name], x, shift, provider).backward(grad)
+        times[name].append(time.perf_counter() - start)
+
+    def pair():
+        order = list(modules) if rounds[0] % 2 == 0 else list(reversed(modules))
+        rounds[0] += 1
+        for name in order:
+            call(name)
+
+    benchmark.group = f"cpu-module-paired-{case_id}-{mode}"
+    run(benchmark, pair, "cpu", rounds=11, warmup=2, provider="paired", mode=mode, case=case_id,
+        dtype="float32", batch=CPU_BATCH, level="module-paired")  # fmt: skip
+    kept = {name: sorted(ts[-11:]) for name, ts in times.items()}  # drop the warm-up calls
+    medians = {name: ts[len(ts) // 2] * 1e3 for name, ts in kept.items()}
+    benchmark.extra_info.update(
+        lfvila_ms=medians["lfvila"],
+        torchvision_ms=medians["torchvision"],
+        speedup=medians["torchvision"] / medians["lfvila"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -306,8 +306,12 @@ def attention_block(
     B, T, H, W, C = x.shape
     head_dim = C // num_heads
     if x.device.type == "cpu":
-        weights = qkv.weight.chunk(3)
-        biases = qkv.bias.chunk(3) if qkv.bias is not None else (None,) * 3
+        weights = list(qkv.weight.chunk(3))
+        biases = list(qkv.bias.chunk(3)) if qkv.bias is not None else [None] * 3
+        # fold the scale into the q projection: a (C, C) multiply instead of a pass over q
+        weights[0] = weights[0] * scale
+        biases[0] = biases[0] * scale if biases[0] is not None else None
+        scale = 1.0
         q, k, v = (
             nn.functional.linear(x, w, b).view(B, T, H, W, num_heads, head_dim)
             for w, b in zip(weights, biases)

@@ -200,7 +200,9 @@ def window_attention_ref(
         return rows.view(B, heads, nw, n, D)  # (B*heads*nW*N, D) -> (B, heads, nW, N, D)
 
     k_pad, v_pad = pad_kv if pad_kv is not None else (None, None)
-    qw = windows(q, None).mul_(scale)  # in place: the gather's backward does not need its output
+    qw = windows(q, None)
+    if scale != 1.0:
+        qw.mul_(scale)  # in place: the gather's backward does not need its output
     kw, vw = windows(k, k_pad), windows(v, v_pad)
 
     scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, heads, nW, N, N)
