@@ -36,7 +36,7 @@ from .reference import window_slots
 
 LOG2E = 1.4426950408889634
 # Finite, not -inf: a row whose keys are all masked (a padding lane) must give 0, not NaN.
-NEG = -1.0e30
+NEG = tl.constexpr(-1.0e30)
 
 FWD_BLOCK_MAX = 128
 BWD_BLOCK = 64
@@ -244,7 +244,8 @@ def _bwd_fused_kernel(
     db_acc = tl.zeros([BLOCK, BLOCK], tl.float32)  # sum of dS over this chunk's windows
     dkp_acc = tl.zeros([HEAD_DIM], tl.float32)
     dvp_acc = tl.zeros([HEAD_DIM], tl.float32)
-    for unit in range(chunk * units_per_chunk, (chunk + 1) * units_per_chunk):
+    for step in range(0, units_per_chunk):
+        unit = chunk * units_per_chunk + step
         rows = unit * BLOCK + tl.arange(0, BLOCK)
         win, ok, real, b, t, h, w, reg, g = _rows_info(
             rows,
@@ -453,7 +454,8 @@ def _bwd_bias_kernel(
     j = tile % NJ
     d = tl.arange(0, HEAD_DIM)
     acc = tl.zeros([BLOCK, BLOCK], tl.float32)
-    for unit in range(chunk * units_per_chunk, (chunk + 1) * units_per_chunk):
+    for step in range(0, units_per_chunk):
+        unit = chunk * units_per_chunk + step
         q_rows = unit * NP + i * BLOCK + tl.arange(0, BLOCK)
         kv_rows = unit * NP + j * BLOCK + tl.arange(0, BLOCK)
         win_q, ok_q, real_q, b_q, t_q, h_q, w_q, reg_q, g_q = _rows_info(
@@ -580,6 +582,20 @@ def fwd(
     return o, lse
 
 
+def _bwd_launch(block: int, head_dim: int, q: torch.Tensor) -> dict:
+    """Fixed launch settings, no autotuning: the config must not change run to run (determinism).
+
+    Wider heads carry four (BLOCK, D) operand tiles: 8 warps keep them in registers. Pipeline
+    stages hold those four tiles each; cap them so the kernel fits Hopper's 227 KiB of shared
+    memory (fp32 at head_dim 128 would need 384 KiB with three stages).
+    """
+    stage_bytes = 4 * block * head_dim * q.element_size()
+    return dict(
+        num_warps=4 if head_dim <= 32 else 8,
+        num_stages=max(1, min(3, (128 * 1024) // stage_bytes)),
+    )
+
+
 def _chunks(units: int, programs_per_chunk: int, device: torch.device) -> int:
     return max(1, min(units, math.ceil(parallel_target(device) / programs_per_chunk)))
 
@@ -615,11 +631,7 @@ def bwd(
         do, lse, delta,
     )  # fmt: skip
     scalars = _scalars(scale, mask_value)
-    # Fixed launch settings, no autotuning: the config must not change run to run (determinism).
-    # Wider heads carry four (BLOCK, D) operand tiles: 8 warps keep them in registers.
-    flags = dict(
-        HAS_PAD_KV=has_pad, DOT_PRECISION=dot_precision(q.dtype), num_warps=4 if D <= 32 else 8
-    )
+    flags = dict(HAS_PAD_KV=has_pad, DOT_PRECISION=dot_precision(q.dtype), **_bwd_launch(blk, D, q))
     f32 = dict(dtype=torch.float32, device=q.device)
     with _on_device(q):
         if np_rows <= blk:
@@ -678,18 +690,25 @@ def reduce_bias_partials(part: torch.Tensor, np_rows: int, n: int) -> torch.Tens
 
 @functools.lru_cache(maxsize=32)
 def _bias_pairs(geom: WindowGeometry, device: torch.device):
-    """Pairs grouped by table row: (row_ptr (R+1,), cols (N*N,)) int32 CSR, plus the flat index."""
+    """Pairs grouped by table row: row_ptr (R+1,) and cols (N*N,) int32 (CSR), the most pairs in a
+    row, and the flat (N*N,) index."""
     index = window_slots(geom)["bias_index"].reshape(-1)
     cols = torch.argsort(index, stable=True)
     counts = torch.bincount(index, minlength=geom.table_rows)
     row_ptr = torch.zeros(geom.table_rows + 1, dtype=torch.long)
     row_ptr[1:] = torch.cumsum(counts, 0)
-    return row_ptr.to(device, torch.int32), cols.to(device, torch.int32), index.to(device)
+    max_count = int(counts.max())
+    return (
+        row_ptr.to(device, torch.int32),
+        cols.to(device, torch.int32),
+        max_count,
+        index.to(device),
+    )
 
 
 @triton.jit
 def _fold_bias_kernel(
-    DENSE, ROW_PTR, COLS, TABLE, n_pairs, rows, s_tr, s_th, BLOCK_R: tl.constexpr
+    DENSE, ROW_PTR, COLS, TABLE, n_pairs, rows, max_count, s_tr, s_th, BLOCK_R: tl.constexpr
 ):
     """table[r, head] = sum of dense[head, pairs of row r], summed in a fixed order (no atomics)."""
     pid = tl.program_id(0)
@@ -699,7 +718,7 @@ def _fold_bias_kernel(
     start = tl.load(ROW_PTR + r, mask=in_range, other=0)
     count = tl.load(ROW_PTR + r + 1, mask=in_range, other=0) - start
     acc = tl.zeros([BLOCK_R], tl.float32)
-    for k in range(0, tl.max(count, 0)):
+    for k in range(0, max_count):
         live = k < count
         col = tl.load(COLS + start + k, mask=live, other=0)
         acc += tl.load(DENSE + head * n_pairs + col, mask=live, other=0.0)
@@ -715,14 +734,14 @@ def dense_to_table(dense: torch.Tensor, geom: WindowGeometry, use_kernel: bool |
     """
     heads = dense.shape[0]
     dense = dense.reshape(heads, -1).contiguous()  # (heads, N*N)
-    row_ptr, cols, index = _bias_pairs(geom, dense.device)
+    row_ptr, cols, max_count, index = _bias_pairs(geom, dense.device)
     if not (dense.is_cuda if use_kernel is None else use_kernel):
         return dense.new_zeros(geom.table_rows, heads).index_add_(0, index, dense.t())
     table = dense.new_empty(geom.table_rows, heads)
     block_r = 128
     with _on_device(dense):
         _fold_bias_kernel[(triton.cdiv(geom.table_rows, block_r), heads)](
-            dense, row_ptr, cols, table, dense.shape[1], geom.table_rows, table.stride(0),
-            table.stride(1), BLOCK_R=block_r,
+            dense, row_ptr, cols, table, dense.shape[1], geom.table_rows, max_count,
+            table.stride(0), table.stride(1), BLOCK_R=block_r,
         )  # fmt: skip
     return table
