@@ -21,6 +21,7 @@ PACKAGES = [
     "lfvila",
     "lfvila.kernels",
     "lfvila.kernels.window_attn",
+    "lfvila.kernels.contrastive",
 ]
 PACKAGE_DIR = {"lfvila": "lfvila", "lfvila.kernels": "kernels"}
 

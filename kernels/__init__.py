@@ -9,8 +9,23 @@ Public API:
     window_attention_ref(...)       its pure-PyTorch specification
     WindowAttention3D               drop-in Video-Swin attention module on the fused path
     patch_torchvision_swin3d(model) run torchvision's video Swin attention on the fused path
+    contrastive_loss(a, b, temperature, logit_scale, process_group, backend) -> Tensor
+                                    LF-VILA's global symmetric InfoNCE, tiled (never N x N)
+    mtc_loss(clip_feats, sent_feats, ...) -> Tensor
+                                    the Multimodal Temporal Contrastive loss (SPEC.md 7.4)
 """
 
+from .contrastive import (
+    ContrastiveLoss,
+    MTCLoss,
+    contrastive_loss,
+    contrastive_loss_ref,
+    gather_batch,
+    mtc_labels,
+    mtc_loss,
+    mtc_loss_ref,
+    sample_mtc_indices,
+)
 from .window_attn import (
     WindowAttention3D,
     can_run_cuda,
@@ -22,11 +37,20 @@ from .window_attn import (
 )
 
 __all__ = [
+    "ContrastiveLoss",
+    "MTCLoss",
     "WindowAttention3D",
     "can_run_cuda",
     "can_run_triton",
+    "contrastive_loss",
+    "contrastive_loss_ref",
+    "gather_batch",
+    "mtc_labels",
+    "mtc_loss",
+    "mtc_loss_ref",
     "patch_torchvision_swin3d",
     "relative_position_index",
+    "sample_mtc_indices",
     "window_attention",
     "window_attention_ref",
 ]

@@ -10,52 +10,31 @@ listing every reason; it never falls back silently.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .._backend import (
-    BACKENDS,
-    backend_override,
-    ext_missing_reason,
-    interpreter_enabled,
-    load_ext,
-    triton_missing_reason,
-)
+from .._backend import ext_missing_reason, load_ext
+from .._dispatch import choose_backend, triton_device_reasons
 from .function import WindowAttentionFunction
 from .geometry import window_geometry
 from .reference import relative_position_index, window_attention_ref
-
-logger = logging.getLogger(__name__)
 
 PRIORITY = ("triton", "cuda", "reference")
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CLAMPED_INDEX = ("effective", "legacy")
-_logged_choices: set[tuple] = set()
 
 
 def can_run_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
 ) -> list[str]:
     """Reasons the Triton kernels cannot run these inputs; empty when they can."""
-    reasons = []
-    if (missing := triton_missing_reason()) is not None:
-        reasons.append(missing)
-    if q.device.type == "cpu":
-        if not interpreter_enabled():
-            reasons.append("CPU tensors need TRITON_INTERPRET=1 (set before lfvila is imported)")
-        elif q.dtype == torch.bfloat16:
-            reasons.append("bf16 tl.dot is wrong under the Triton interpreter (test bf16 on a GPU)")
-    elif q.device.type != "cuda":
-        reasons.append(f"device {q.device.type} is not cuda")
+    reasons = triton_device_reasons(q, DTYPES)
     if q.shape[-1] not in HEAD_DIMS:
         reasons.append(f"head_dim {q.shape[-1]} not in {HEAD_DIMS}")
-    if q.dtype not in DTYPES:
-        reasons.append(f"dtype {q.dtype} not in (float16, bfloat16, float32)")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(-1) != 1:
             reasons.append(f"{name}.stride(-1) is {x.stride(-1)}, not 1 (call .contiguous())")
@@ -76,39 +55,12 @@ def can_run_cuda(q: torch.Tensor, *args, **kwargs) -> list[str]:
 
 
 def _choose_backend(backend: str, q, k, v, dropout_p) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = backend_override() or "auto"
     checks = {
         "triton": lambda: can_run_triton(q, k, v, dropout_p),
         "cuda": lambda: can_run_cuda(q),
         "reference": lambda: [],
     }
-    if backend != "auto":
-        reasons = checks[backend]()
-        if reasons:
-            raise ValueError(
-                f"window_attention backend {backend!r} cannot run: " + "; ".join(reasons)
-            )
-        return backend
-    skipped = {}
-    chosen = "reference"
-    if q.device.type == "cpu":
-        skipped["triton"] = ["CPU tensors use the reference unless backend='triton' is asked for"]
-    else:
-        for name in PRIORITY:
-            reasons = checks[name]()
-            if not reasons:
-                chosen = name
-                break
-            skipped[name] = reasons
-    key = ("window_attention", q.device.type, q.dtype, chosen)
-    if key not in _logged_choices:
-        _logged_choices.add(key)
-        logger.debug("window_attention: auto chose %r for %s %s; skipped: %s",
-                     chosen, q.device, q.dtype, skipped)  # fmt: skip
-    return chosen
+    return choose_backend("window_attention", backend, q, checks, PRIORITY)
 
 
 def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:

@@ -27,6 +27,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from lfvila.kernels.contrastive import triton_impl as contrastive_impl  # noqa: E402
+from lfvila.kernels.contrastive.reference import sample_mtc_indices  # noqa: E402
 from lfvila.kernels.testing import window_attention_inputs  # noqa: E402
 from lfvila.kernels.window_attn import triton_impl  # noqa: E402
 from lfvila.kernels.window_attn.geometry import window_geometry  # noqa: E402
@@ -98,7 +100,36 @@ def compile_call(fn: JITFunction, args: tuple, kwargs: dict):
     return triton.compile(ASTSource(fn, signature, constexprs), target=TARGET, options=options)
 
 
+# contrastive cases: (N, d, dtype) for the InfoNCE, (B, M, d, dtype) for MTC
+LOSS_CASES = {
+    "infonce-bf16-d1024": ("infonce", (512, 1024, BF16)),
+    "infonce-fp32-d72": ("infonce", (300, 72, FP32)),
+    "mtc-bf16-d1024": ("mtc", (64, 4, 1024, BF16)),
+    "mtc-fp16-d40": ("mtc", (9, 6, 40, FP16)),
+}
+
+
+def run_loss_case(name: str) -> None:
+    kind, spec = LOSS_CASES[name]
+    if kind == "infonce":
+        n, d, dtype = spec
+        a, b = torch.randn(n, d, dtype=dtype), torch.randn(n, d, dtype=dtype)
+        log_scale = torch.tensor(3.0)
+        _, lse_r, lse_c = contrastive_impl.infonce_fwd(a, b, log_scale)
+        contrastive_impl.infonce_bwd(torch.tensor(1.0), a, b, log_scale, lse_r, lse_c)
+    else:
+        batch, clips, d, dtype = spec
+        feats = torch.randn(2, batch, clips, d, dtype=dtype)
+        idx = sample_mtc_indices(batch, clips)
+        _, lse = contrastive_impl.mtc_fwd(feats, idx["keys"], idx["values"], idx["other"], 0.05, 3)
+        contrastive_impl.mtc_bwd(
+            torch.tensor(1.0), feats, idx["keys"], idx["values"], idx["other"], lse, 0.05, 3
+        )
+
+
 def run_case(name: str, calls: list) -> None:
+    if name in LOSS_CASES:
+        return run_loss_case(name)
     shape, window, shift, dtype, pad, bias, clamped = CASES[name]
     inp = window_attention_inputs(shape, window, dtype, "cpu", seed=0, pad_kv=pad, bias=bias)
     k_pad, v_pad = inp["pad_kv"] if pad else (None, None)
@@ -116,7 +147,7 @@ def run_case(name: str, calls: list) -> None:
 
 def main(names: list[str]) -> int:
     calls = _record_launches()
-    for name in names or list(CASES):
+    for name in names or [*CASES, *LOSS_CASES]:
         calls.clear()
         run_case(name, calls)
         for fn, args, kwargs in calls:

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-import lfvila.kernels.window_attn.dispatch as dispatch
+import lfvila.kernels._dispatch as shared_dispatch
 from lfvila.kernels import WindowAttention3D, can_run_triton, window_attention, window_attention_ref
 from lfvila.kernels.testing import window_attention_inputs
 
@@ -113,9 +113,9 @@ def test_explicit_backend_that_cannot_run_raises_with_every_reason():
 
 
 def test_auto_on_cpu_uses_reference_and_logs_reason(caplog, monkeypatch):
-    monkeypatch.setattr(dispatch, "_logged_choices", set())
+    monkeypatch.setattr(shared_dispatch, "_logged", set())
     q, k, v, _ = _qkv()
-    with caplog.at_level(logging.DEBUG, logger=dispatch.__name__):
+    with caplog.at_level(logging.DEBUG, logger="lfvila.kernels"):
         out = window_attention(q, k, v, (2, 3, 5), backend="auto")
     torch.testing.assert_close(out, window_attention_ref(q, k, v, (2, 3, 5)), rtol=0, atol=0)
     assert "auto chose 'reference'" in caplog.text

@@ -1,0 +1,205 @@
+"""Global InfoNCE: the chunked reference against direct formulas, the Triton kernels (interpreter
+on CPU) against the reference, determinism, bad input, and the reference's O(N·d) memory."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lfvila.kernels import contrastive_loss, contrastive_loss_ref
+from lfvila.kernels.contrastive import triton_impl
+from lfvila.kernels.testing import GRADIENT, assert_error_ratio, error_report, no_tf32
+
+from ..helpers import leaves
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def features(n: int, d: int, dtype=torch.float64, seed: int = 0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1)
+    # b correlated with a, so the positives matter (as trained features are)
+    b = F.normalize(a + 0.7 * torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1)
+    return a.to(device, dtype), b.to(device, dtype)
+
+
+def direct_formula(a, b, scale):
+    """The loss written out: mean_i(lse_j s_ij - s_ii) + mean_j(lse_i s_ij - s_jj)."""
+    s = scale * (a @ b.t())
+    diag = torch.diagonal(s)
+    return (torch.logsumexp(s, 1) - diag).mean() + (torch.logsumexp(s, 0) - diag).mean()
+
+
+@pytest.mark.parametrize("n, d, chunk", [(137, 24, 64), (300, 16, 7), (1, 8, None), (64, 40, 64)])
+def test_contrastive_ref_matches_direct_formula_and_cross_entropy(n, d, chunk):
+    a, b = leaves(*features(n, d))
+    log_scale = torch.tensor(math.log(1 / 0.05), dtype=torch.float64, requires_grad=True)
+    loss = contrastive_loss_ref(a, b, logit_scale=log_scale, chunk=chunk)
+    a2, b2, s2 = leaves(a, b, log_scale)
+    expected = direct_formula(a2, b2, s2.exp())
+    logits = s2.exp() * a2 @ b2.t()
+    target = torch.arange(n)
+    ce = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(expected, ce, rtol=1e-12, atol=1e-12)
+    g = torch.rand(()) + 0.5  # a random non-unit upstream scale
+    got = torch.autograd.grad(loss, [a, b, log_scale], g)
+    want = torch.autograd.grad(expected, [a2, b2, s2], g)
+    for name, x, y in zip(("da", "db", "dlogit_scale"), got, want):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_contrastive_ref_fixed_temperature_and_gradcheck():
+    a, b = features(20, 6, seed=3)
+    loss = contrastive_loss_ref(a, b, temperature=0.05)
+    torch.testing.assert_close(loss, direct_formula(a, b, 20.0), rtol=1e-12, atol=1e-12)
+    args = leaves(a, b, torch.tensor(1.3, dtype=torch.float64))
+    assert torch.autograd.gradcheck(
+        lambda a, b, s: contrastive_loss_ref(a, b, logit_scale=s, chunk=6),
+        args,
+        eps=1e-6,
+        atol=1e-6,
+    )
+
+
+def _check_triton(n, d, dtype, run_triton):
+    a, b = features(n, d, dtype, seed=n, device=DEVICE)
+    log_scale = torch.tensor(math.log(20.0), device=DEVICE)
+    g = torch.rand((), generator=torch.Generator().manual_seed(n)).item() + 0.5
+    truth_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+
+    def reference(dt):
+        x, y, s = leaves(a, b, log_scale, dtype=dt)
+        with no_tf32():
+            loss = contrastive_loss_ref(x, y, logit_scale=s)
+            return loss, torch.autograd.grad(loss, [x, y, s], torch.tensor(g, dtype=loss.dtype))
+
+    truth, truth_grads = reference(truth_dtype)
+    pt, pt_grads = reference(dtype)
+    x, y, s = leaves(a, b, log_scale)
+    loss, grads = run_triton(x, y, s, g)
+    assert loss.dtype == torch.float32 and grads[0].dtype == dtype
+    assert_error_ratio(loss.reshape(1), truth.reshape(1), pt.reshape(1), "loss")
+    for name, out, t, p in zip(("da", "db", "dlogit_scale"), grads, truth_grads, pt_grads):
+        ok, msg = error_report(out.reshape(-1), t.reshape(-1), p.reshape(-1), **GRADIENT)
+        assert ok, f"{name}: {msg}"
+
+
+@pytest.mark.parametrize("n, d", [(150, 40), (64, 16), (200, 72)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_contrastive_triton_matches_reference(n, d, dtype):
+    def run(x, y, s, g):
+        loss = contrastive_loss(x, y, logit_scale=s, backend="triton")
+        return loss, torch.autograd.grad(loss, [x, y, s], torch.tensor(g, device=DEVICE))
+
+    _check_triton(n, d, dtype, run)
+
+
+def test_contrastive_triton_backward_in_column_chunks():
+    """Several G chunks (the last one partial) accumulate to the same gradients."""
+
+    def run(x, y, s, g):
+        loss, lse_r, lse_c = triton_impl.infonce_fwd(x.detach(), y.detach(), s.detach())
+        grads = triton_impl.infonce_bwd(
+            torch.tensor(g, device=DEVICE), x, y, s, lse_r, lse_c, chunk=48
+        )
+        return loss, grads
+
+    _check_triton(130, 24, torch.float32, run)
+
+
+def test_contrastive_triton_fixed_temperature_and_determinism():
+    a, b = features(96, 32, torch.float32, device=DEVICE)
+
+    def once():
+        x, y = leaves(a, b)
+        loss = contrastive_loss(x, y, temperature=0.07, backend="triton")
+        return loss, torch.autograd.grad(loss, [x, y])
+
+    (l1, g1), (l2, g2) = once(), once()
+    assert torch.equal(l1, l2) and all(torch.equal(x, y) for x, y in zip(g1, g2))
+    torch.testing.assert_close(
+        l1.double(), direct_formula(a.double(), b.double(), 1 / 0.07), rtol=1e-5, atol=1e-5
+    )
+
+
+BAD = {
+    "shape-mismatch": (
+        lambda a, b: dict(b=b[:-1]),
+        r"b must have a's shape \(8, 4\), got \(7, 4\)",
+    ),
+    "rank": (lambda a, b: dict(a=a[0]), r"a must have shape \(N, d\)"),
+    "empty": (lambda a, b: dict(a=a[:0], b=b[:0]), r"a is empty.*N = 0"),
+    "temperature-inf": (
+        lambda a, b: dict(temperature=math.inf),
+        r"temperature must be a finite number > 0",
+    ),
+    "temperature-zero": (
+        lambda a, b: dict(temperature=0.0),
+        r"temperature must be a finite number > 0",
+    ),
+    "logit-scale": (
+        lambda a, b: dict(logit_scale=torch.ones(2)),
+        r"logit_scale must be a 1-element tensor",
+    ),
+    "int": (lambda a, b: dict(a=a.long(), b=b.long()), r"a must be a floating tensor"),
+    "backend": (lambda a, b: dict(backend="cuda"), r"contrastive_loss backend 'cuda' cannot run"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_contrastive_bad_input_raises(case):
+    a, b = features(8, 4, torch.float32)
+    change, message = BAD[case]
+    kwargs = dict(a=a, b=b)
+    kwargs.update(change(a, b))
+    with pytest.raises(ValueError, match=message):
+        contrastive_loss(**kwargs)
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, torch
+    import torch.nn.functional as F
+    from lfvila.kernels import contrastive_loss_ref
+    n, d = 16384, 256
+    a = F.normalize(torch.randn(n, d), dim=-1).requires_grad_()
+    b = F.normalize(torch.randn(n, d), dim=-1).requires_grad_()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.argv[1] == "naive":
+        logits = 20.0 * a @ b.t()
+        y = torch.arange(n)
+        loss = F.cross_entropy(logits, y) + F.cross_entropy(logits.t(), y)
+    else:
+        loss = contrastive_loss_ref(a, b, temperature=0.05)
+    loss.backward()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+    """
+)
+
+
+def test_contrastive_ref_peak_memory_is_linear_in_n():
+    """N = 16,384, d = 256: the chunked reference needs a few N·d-sized buffers (inputs' grads,
+    fp32 accumulators, a 256 x N chunk of logits and its temporaries), the naive formula several
+    N×N fp32 matrices (1 GiB each). Peak RSS growth measured in fresh processes."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+
+    def peak(mode):
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SCRIPT, mode], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.strip().splitlines()[-1])
+
+    chunked, naive = peak("chunked"), peak("naive")
+    n_d_bytes = 16384 * 256 * 4
+    assert naive > 2 * 16384**2 * 4  # the naive path really holds N x N matrices
+    assert chunked < 16 * n_d_bytes, f"chunked reference grew {chunked / 2**20:.0f} MiB"
+    assert chunked < naive / 10
