@@ -1,4 +1,4 @@
-"""Outside providers for window attention, each the way its users assemble it today.
+"""Outside providers, each the way users assemble it today.
 
 - `video_swin_eager`: the unfused eager steps of Video-Swin and torchvision (pad, roll, partition,
   matmul, + bias, + mask, softmax, matmul, reverse, roll back, unpad).
@@ -6,6 +6,7 @@
   bias (RPB + shift mask expanded over windows and batch, as xFormers-style kernels need).
 - `flex_windows`: FlexAttention over the partitioned sequence: RPB and shift mask as a score_mod,
   windows as a block mask (compiled; GPU only, FlexAttention has no CPU backward).
+- `naive_contrastive`: the symmetric InfoNCE with its full N×N logits.
 
 They take the functional's arguments: q, k, v (B, T, H, W, heads, D) and return the same layout.
 Geometry (clamping, regions, the bias index) comes from the library, so that every provider
@@ -151,3 +152,10 @@ def flex_windows(q, k, v, window_size, shift_size, table, scale, pad_kv, mask_va
         scale=scale,
     )  # fmt: skip
     return _reverse(out.view(B, heads, nw, n, D).transpose(1, 2), geom)
+
+
+def naive_contrastive(a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """The usual symmetric InfoNCE: full N x N logits, then cross-entropy both ways."""
+    logits = log_scale.exp() * (a @ b.t()).float()
+    target = torch.arange(a.shape[0], device=a.device)
+    return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)

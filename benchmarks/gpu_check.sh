@@ -7,8 +7,8 @@
 #   benchmarks/gpu_check.sh --smoke [...]   CPU smoke mode: tiny shapes under the Triton
 #                                           interpreter, so the script itself is tested by `make test`
 #
-# Writes to DIR (default benchmarks/results): gpu_tests_<tag>_<date>.log, <theme>_<tag>_<date>.json
-# (raw pytest-benchmark) and <theme>_<tag>_<date>.md (the report). Exit status: 0 when every step
+# Writes to DIR (default benchmarks/results): gpu_tests_<tag>_<date>.log, gpu_check_<tag>_<date>.json
+# (raw pytest-benchmark) and gpu_check_<tag>_<date>.md (the report). Exit status: 0 when every step
 # passed; the report is still written when tests or benchmarks failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,14 +58,14 @@ else
 fi
 
 echo "== gpu_check ($tag): benchmarks marked gpu ($(( $(date +%s) - start )) s so far)"
-json="$out/window_attention_${tag}_${date}.json"
+json="$out/gpu_check_${tag}_${date}.json"
 "$py" -m pytest benchmarks -m gpu -q -p no:cacheprovider --benchmark-json="$json" \
   --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tail -n 15
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== gpu_check ($tag): report"
 if [ -s "$json" ]; then
-  "$py" benchmarks/report.py "$json" --out "$out/window_attention_${tag}_${date}.md" \
+  "$py" benchmarks/report.py "$json" --out "$out/gpu_check_${tag}_${date}.md" \
     --command "benchmarks/gpu_check.sh $( [ "$smoke" = 1 ] && echo --smoke )" || status=1
 else
   echo "gpu_check: no benchmark results in $json" >&2

@@ -175,6 +175,62 @@ def paired_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def loss_table(rows: list[dict]) -> list[str]:
+    losses = [r for r in rows if r.get("level") == "loss"]
+    if not losses:
+        return []
+    naive = {r["case"]: r["median_ms"] for r in losses if r["provider"] == "naive"}
+    lines = [
+        "| case | provider | dtype | median ms | IQR ms | peak memory MiB | vs naive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        losses, key=lambda r: (r.get("n", r.get("batch", 0)), r["case"], r["provider"])
+    ):
+        base = naive.get(r["case"])
+        speedup = base / r["median_ms"] if base else None
+        lines.append(
+            f"| {r['case']} | {r['provider']} | {r['dtype']} | {_fmt(r['median_ms'])} | "
+            f"{_fmt(r['iqr_ms'], 2)} | {_fmt(r.get('peak_mib'))} | {_fmt(speedup)}x |"
+        )
+    memory = {r.get("memory") for r in losses if r.get("memory")}
+    if memory:
+        lines.append("")
+        lines.append("Peak memory: " + "; ".join(sorted(memory)) + ".")
+    return lines
+
+
+def loss_targets(rows: list[dict]) -> list[str]:
+    """Issue 3's GPU targets for the Triton InfoNCE against the naive N x N formula."""
+    by_case = defaultdict(dict)
+    for r in rows:
+        if r.get("level") == "loss" and "n" in r:
+            by_case[r["n"]][r["provider"]] = r
+    lines = []
+    for n, by_provider in sorted(by_case.items()):
+        triton = by_provider.get("triton")
+        if triton is None:
+            continue
+        if "naive" in by_provider:
+            ratio = by_provider["naive"]["median_ms"] / triton["median_ms"]
+            need = 2.0 if n >= 32768 else 1.0 if n <= 4096 else None
+            if need is not None:
+                verdict = "met" if ratio >= need else "NOT met"
+                lines.append(f"- N={n}: Triton {ratio:.2f}x naive (target >= {need:g}x): {verdict}")
+        else:
+            lines.append(
+                f"- N={n}: naive did not run (out of memory): Triton {_fmt(triton['median_ms'])} ms"
+            )
+        if n >= 65536 and triton.get("peak_mib") is not None:
+            frac = triton["peak_mib"] * 2**20 / (4.0 * n * n)
+            verdict = "met" if frac < 0.05 else "NOT met"
+            lines.append(
+                f"- N={n}: Triton extra memory {100 * frac:.2f}% of the N x N fp32 logits "
+                f"(target < 5%): {verdict}"
+            )
+    return lines
+
+
 def plots(rows: list[dict], out: pathlib.Path) -> str:
     try:
         import matplotlib
@@ -211,7 +267,7 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
     copy_gbs = copy_bandwidth_gbs(rows)
     today = datetime.date.today().isoformat()
     lines = [
-        f"# Window attention benchmarks: {env.get('device', '?')} ({today})",
+        f"# lfvila benchmarks: {env.get('device', '?')} ({today})",
         "",
         f"- device: {env.get('device', '?')}; driver {env.get('driver', '-')}; "
         f"CUDA {env.get('cuda', '-')}",
@@ -229,6 +285,10 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## Targets (issue 2)", "", *checks, ""]
     if table := module_table(rows):
         lines += ["## Whole module vs torchvision's ShiftedWindowAttention3d", "", *table, ""]
+    if table := loss_table(rows):
+        lines += ["## Contrastive losses (forward + backward)", "", *table, ""]
+    if checks := loss_targets(rows):
+        lines += ["## Targets (issue 3)", "", *checks, ""]
     if table := paired_table(rows):
         lines += [
             "## Whole module vs torchvision, timed alternately in each round (median per call)",

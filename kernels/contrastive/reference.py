@@ -9,7 +9,9 @@
   written with explicit gathers: the readable statement of §7.4.
 - `sample_mtc_indices` / `mtc_labels`: the sampling and labelling both backends share.
 
-All arithmetic is fp32 (fp64 for fp64 inputs); gradients come back in the inputs' dtypes.
+Matrix products run in the inputs' dtype (as PyTorch would compute them in bf16 or fp16);
+reductions (log-sum-exp, means) in fp32 (fp64 for fp64 inputs); gradients come back in the
+inputs' dtypes.
 """
 
 from __future__ import annotations
@@ -37,20 +39,19 @@ class _ChunkedInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, log_scale, chunk: int):
         ct = _compute_dtype(a)
-        a32, b32 = a.to(ct), b.to(ct)
         scale = log_scale.to(ct).exp()
         n = a.shape[0]
-        lse_row = a32.new_empty(n)
-        col_max = a32.new_full((n,), -math.inf)
-        col_sum = a32.new_zeros(n)
+        lse_row = torch.empty(n, dtype=ct, device=a.device)
+        col_max = torch.full((n,), -math.inf, dtype=ct, device=a.device)
+        col_sum = torch.zeros(n, dtype=ct, device=a.device)
         for i0 in range(0, n, chunk):
-            logits = scale * (a32[i0 : i0 + chunk] @ b32.t())  # (chunk, N)
+            logits = scale * (a[i0 : i0 + chunk] @ b.t()).to(ct)  # (chunk, N)
             lse_row[i0 : i0 + chunk] = torch.logsumexp(logits, dim=1)
             new_max = torch.maximum(col_max, logits.amax(dim=0))
             col_sum = col_sum * torch.exp(col_max - new_max) + torch.exp(logits - new_max).sum(0)
             col_max = new_max
         lse_col = col_max + torch.log(col_sum)
-        diag = scale * (a32 * b32).sum(-1)
+        diag = scale * (a.to(ct) * b.to(ct)).sum(-1)
         loss = (lse_row - diag).mean() + (lse_col - diag).mean()
         ctx.save_for_backward(a, b, log_scale, lse_row, lse_col)
         ctx.chunk = chunk
@@ -60,24 +61,25 @@ class _ChunkedInfoNCE(torch.autograd.Function):
     def backward(ctx, grad):
         a, b, log_scale, lse_row, lse_col = ctx.saved_tensors
         ct = lse_row.dtype
-        a32, b32 = a.to(ct), b.to(ct)
         scale = log_scale.to(ct).exp()
         n = a.shape[0]
         g = grad.to(ct) / n
-        da, db = torch.zeros_like(a32), torch.zeros_like(b32)
-        dlog_scale = a32.new_zeros(())
+        da = torch.zeros(a.shape, dtype=ct, device=a.device)
+        db = torch.zeros(b.shape, dtype=ct, device=b.device)
+        dlog_scale = torch.zeros((), dtype=ct, device=a.device)
         for i0 in range(0, n, ctx.chunk):
             rows = slice(i0, i0 + ctx.chunk)
-            logits = scale * (a32[rows] @ b32.t())  # (chunk, N)
+            logits = scale * (a[rows] @ b.t()).to(ct)  # (chunk, N)
             # dL/dlogits: row softmax + column softmax, minus 2 on the diagonal (both labels)
             dlogits = torch.exp(logits - lse_row[rows, None]) + torch.exp(logits - lse_col[None, :])
             idx = torch.arange(i0, i0 + dlogits.shape[0], device=a.device)
             dlogits[idx - i0, idx] -= 2.0
             dlogits *= g
-            da[rows] = scale * (dlogits @ b32)
-            db += scale * (dlogits.t() @ a32[rows])
             if ctx.needs_input_grad[2]:
                 dlog_scale += (dlogits * logits).sum()
+            dlogits = dlogits.to(a.dtype)
+            da[rows] = scale * (dlogits @ b).to(ct)
+            db += scale * (dlogits.t() @ a[rows]).to(ct)
         dls = dlog_scale.to(log_scale.dtype) if ctx.needs_input_grad[2] else None
         return da.to(a.dtype), db.to(b.dtype), dls, None
 
@@ -187,9 +189,9 @@ def mtc_loss_ref(
     b = torch.arange(keys.shape[0], device=keys.device)
     total = clip_feats.new_zeros((), dtype=_compute_dtype(clip_feats))
     for queries, pool in ((clip_feats, sent_feats), (sent_feats, clip_feats)):
-        q = queries[b[:, None], keys.clamp(min=0)].to(total.dtype)  # (B, K, d)
-        cand = pool[samples, positions.clamp(min=0)].to(total.dtype)  # (B, C, d)
-        logits = torch.einsum("bkd,bcd->bkc", q, cand) / temperature
+        q = queries[b[:, None], keys.clamp(min=0)]  # (B, K, d)
+        cand = pool[samples, positions.clamp(min=0)]  # (B, C, d)
+        logits = torch.einsum("bkd,bcd->bkc", q, cand).to(total.dtype) / temperature
         logits = logits.masked_fill((positions < 0)[:, None, :], -math.inf)
         rows = labels >= 0
         if rows.any():

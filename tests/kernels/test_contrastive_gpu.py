@@ -1,0 +1,105 @@
+"""GPU checks of the compiled contrastive kernels (skipped without CUDA; gpu_check.sh runs them):
+bf16/fp16 at LF-VILA's sizes by the error-ratio rule, bitwise determinism, and memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lfvila.kernels import contrastive_loss, mtc_loss, sample_mtc_indices
+from lfvila.kernels.testing import GRADIENT, error_report, no_tf32
+
+from ..helpers import grads, leaves
+
+pytestmark = pytest.mark.gpu
+
+
+def _pair(n, d, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(n, d, generator=gen), dim=-1)
+    b = F.normalize(a + 0.7 * torch.randn(n, d, generator=gen), dim=-1)
+    return a.cuda().to(dtype), b.cuda().to(dtype)
+
+
+def _compare(run, inputs, names):
+    """run(backend, dtype_or_None) -> (loss, grads); error-ratio rule on loss and every grad."""
+    with no_tf32():
+        truth, truth_grads = run("reference", torch.float32)
+        pt, pt_grads = run("reference", None)
+    out, out_grads = run("triton", None)
+    ok, msg = error_report(out.reshape(1), truth.reshape(1), pt.reshape(1), 2.0, 1e-5)
+    assert ok, f"loss: {msg}"
+    for name, o, t, p in zip(names, out_grads, truth_grads, pt_grads):
+        ok, msg = error_report(o, t, p, **GRADIENT)
+        assert ok, f"{name}: {msg}"
+
+
+@pytest.mark.parametrize(
+    "n, d, dtype",
+    [
+        (512, 1024, torch.bfloat16),
+        (4096, 1024, torch.bfloat16),
+        (3001, 256, torch.bfloat16),
+        (512, 1024, torch.float16),
+    ],
+)
+def test_contrastive_gpu_matches_reference(n, d, dtype):
+    a, b = _pair(n, d, dtype)
+    log_scale = torch.tensor(math.log(20.0), device="cuda")
+
+    def run(backend, dt):
+        x, y, s = leaves(a, b, log_scale, dtype=dt)
+        s = s.float().detach().requires_grad_()
+        loss = contrastive_loss(x, y, logit_scale=s, backend=backend)
+        return loss, grads(loss, [x, y, s], torch.tensor(1.3, device="cuda"))
+
+    _compare(run, (a, b), ("da", "db", "dlogit_scale"))
+
+
+def test_contrastive_gpu_backward_bitwise_deterministic():
+    a, b = _pair(8192, 1024, torch.bfloat16, seed=1)
+
+    def once():
+        x, y = leaves(a, b)
+        loss = contrastive_loss(x, y, backend="triton")
+        return [loss, *torch.autograd.grad(loss, [x, y])]
+
+    first, second = once(), once()
+    assert all(torch.equal(p, q) for p, q in zip(first, second))
+
+
+def test_contrastive_gpu_memory_stays_far_below_the_logits():
+    """N = 32,768, d = 1024, bf16: extra memory of forward + backward well under 5% of the N x N
+    fp32 logits a naive loss holds (4 GiB)."""
+    n = 32768
+    a, b = leaves(*_pair(n, 1024, torch.bfloat16, seed=2))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = contrastive_loss(a, b, backend="triton")
+    loss.backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 0.05 * 4 * n * n, f"extra {extra / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_mtc_gpu_matches_reference(dtype):
+    gen = torch.Generator().manual_seed(4)
+    clip = F.normalize(torch.randn(512, 4, 1024, generator=gen), dim=-1).cuda().to(dtype)
+    sent = (
+        F.normalize(clip.float().cpu() + 0.5 * torch.randn(512, 4, 1024, generator=gen), dim=-1)
+        .cuda()
+        .to(dtype)
+    )
+    idx = sample_mtc_indices(512, 4, generator=torch.Generator().manual_seed(5), device="cuda")
+
+    def run(backend, dt):
+        c, s = leaves(clip, sent, dtype=dt)
+        loss = mtc_loss(c, s, indices=idx, backend=backend)
+        return loss, grads(loss, [c, s], torch.tensor(1.0, device="cuda"))
+
+    _compare(run, (clip, sent), ("dclip", "dsent"))
