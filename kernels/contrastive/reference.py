@@ -77,9 +77,14 @@ class _ChunkedInfoNCE(torch.autograd.Function):
             dlogits *= g
             if ctx.needs_input_grad[2]:
                 dlog_scale += (dlogits * logits).sum()
-            dlogits = dlogits.to(a.dtype)
-            da[rows] = scale * (dlogits @ b).to(ct)
-            db += scale * (dlogits.t() @ a[rows]).to(ct)
+            dlogits *= scale  # d loss / d(a_i · b_j)
+            if a.dtype == ct:  # in-place products: no (N, d) temporaries per chunk
+                torch.mm(dlogits, b, out=da[rows])
+                db.addmm_(dlogits.t(), a[rows])
+            else:  # low precision: products in the inputs' dtype, accumulated in fp32
+                dlogits = dlogits.to(a.dtype)
+                da[rows] = (dlogits @ b).to(ct)
+                db += (dlogits.t() @ a[rows]).to(ct)
         dls = dlog_scale.to(log_scale.dtype) if ctx.needs_input_grad[2] else None
         return da.to(a.dtype), db.to(b.dtype), dls, None
 

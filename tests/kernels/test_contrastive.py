@@ -166,13 +166,20 @@ def test_contrastive_bad_input_raises(case):
 
 _MEMORY_SCRIPT = textwrap.dedent(
     """
-    import resource, sys, torch
+    import sys, torch
     import torch.nn.functional as F
     from lfvila.kernels import contrastive_loss_ref
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
     n, d = 16384, 256
     a = F.normalize(torch.randn(n, d), dim=-1).requires_grad_()
     b = F.normalize(torch.randn(n, d), dim=-1).requires_grad_()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark (VmHWM)
+    base = status("VmRSS")
     if sys.argv[1] == "naive":
         logits = 20.0 * a @ b.t()
         y = torch.arange(n)
@@ -180,7 +187,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     else:
         loss = contrastive_loss_ref(a, b, temperature=0.05)
     loss.backward()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+    print(status("VmHWM") - base)
     """
 )
 
@@ -201,5 +208,47 @@ def test_contrastive_ref_peak_memory_is_linear_in_n():
     chunked, naive = peak("chunked"), peak("naive")
     n_d_bytes = 16384 * 256 * 4
     assert naive > 2 * 16384**2 * 4  # the naive path really holds N x N matrices
-    assert chunked < 16 * n_d_bytes, f"chunked reference grew {chunked / 2**20:.0f} MiB"
+    assert chunked < 24 * n_d_bytes, f"chunked reference grew {chunked / 2**20:.0f} MiB"
     assert chunked < naive / 10
+
+
+def test_contrastive_custom_ops_and_compile():
+    a, b = features(40, 16, torch.float32, device=DEVICE)
+    s = torch.tensor(2.5, device=DEVICE)
+    torch.library.opcheck(
+        torch.ops.lfvila.infonce_fwd.default,
+        (a, b, s),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    loss, lse_r, lse_c = torch.ops.lfvila.infonce_fwd(a, b, s)
+    bwd_args = (torch.tensor(1.0, device=DEVICE), a, b, s, lse_r, lse_c)
+    torch.library.opcheck(
+        torch.ops.lfvila.infonce_bwd.default,
+        bwd_args,
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+    def fn(x, y, scale):
+        return contrastive_loss(x, y, logit_scale=scale, backend="triton")
+
+    x, y, sc = leaves(a, b, s)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    out = compiled(x, y, sc)
+    out.backward()
+    x2, y2, s2 = leaves(a, b, s)
+    fn(x2, y2, s2).backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(sc.grad, s2.grad)
+
+
+def test_contrastive_module_owns_a_learnable_scale():
+    from lfvila.kernels import ContrastiveLoss
+
+    module = ContrastiveLoss(temperature=0.07, learnable_scale=True, backend="reference")
+    assert math.isclose(module.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
+    a, b = features(16, 8, torch.float32)
+    module(a, b).backward()
+    assert module.logit_scale.grad is not None and module.logit_scale.grad.abs() > 0
+    fixed = ContrastiveLoss(temperature=0.05)
+    assert fixed.logit_scale is None and list(fixed.parameters()) == []
+    torch.testing.assert_close(fixed(a, b), contrastive_loss_ref(a, b, 0.05))

@@ -206,3 +206,31 @@ def test_mtc_reference_matches_loop_on_random_indices():
         loss, hand_loss(clip, sent, idx, 0.1, num_other_neg=2), rtol=1e-12, atol=1e-12
     )
     assert math.isfinite(loss.item())
+
+
+def test_mtc_custom_ops_and_module():
+    from lfvila.kernels import MTCLoss
+
+    clip, sent = feats(b=4, m=4, d=16, dtype=torch.float32, device=DEVICE)
+    idx = sample_mtc_indices(4, 4, generator=torch.Generator().manual_seed(2), device=DEVICE)
+    stacked = torch.stack([clip, sent])
+    args = (stacked, idx["keys"], idx["values"], idx["other"], 0.05, 3)
+    torch.library.opcheck(
+        torch.ops.lfvila.mtc_fwd.default, args, test_utils=("test_schema", "test_faketensor")
+    )
+    _, lse = torch.ops.lfvila.mtc_fwd(*args)
+    bwd = (
+        torch.tensor(1.0, device=DEVICE),
+        stacked,
+        idx["keys"],
+        idx["values"],
+        idx["other"],
+        lse,
+        0.05,
+        3,
+    )
+    torch.library.opcheck(
+        torch.ops.lfvila.mtc_bwd.default, bwd, test_utils=("test_schema", "test_faketensor")
+    )
+    module = MTCLoss(backend="reference")
+    torch.testing.assert_close(module(clip, sent, indices=idx), mtc_loss_ref(clip, sent, 0.05, idx))
