@@ -75,7 +75,10 @@ def contrastive_loss(
             receives its gradient (CLIP-style learnable temperature).
         process_group: when given, a and b are all-gathered from every rank of the group (same N
             on every rank) and the loss covers the global batch; each rank's input gradient is
-            the single-process gradient of that loss on the concatenated batch.
+            the single-process gradient of that loss on the concatenated batch. Under DDP or
+            DeepSpeed, which average parameter gradients over ranks, back-propagate
+            `loss * world_size` to get the single-process parameter gradient (LF-VILA's
+            SyncFunction applied that factor inside its backward).
         backend: "auto", "triton" or "reference".
 
     Returns:

@@ -4,7 +4,9 @@ Every rank gathers the global batch and computes the same global loss (LF-VILA, 
 so the gradient of that loss w.r.t. a rank's own rows is its slice of the gathered gradient:
 backward returns that slice, and each rank's input gradient equals the single-process gradient
 on the concatenated batch. (LF-VILA's SyncFunction instead all-reduces the gradient first, which
-multiplies it by the world size; its trainer relied on DeepSpeed's averaging to undo that.)
+multiplies it by the world size; its trainer relied on DeepSpeed's averaging to undo that. A
+training loop that averages gradients over ranks must therefore scale a gathered loss by the
+world size before backward.)
 """
 
 from __future__ import annotations
