@@ -221,7 +221,8 @@ class WindowAttention3D(nn.Module):
         rows = window_geometry(self.window_size, self.window_size).table_rows
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(self.window_size))
+        index = relative_position_index(self.window_size).clone()  # never share the cached tensor
+        self.register_buffer("relative_position_index", index)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)

@@ -19,7 +19,20 @@ import torch
 from .geometry import WindowGeometry, window_geometry
 
 
+def _cpu(fn):
+    """Build cached index tensors on the CPU whatever the ambient default device (a model built
+    under `with torch.device("meta")` must not leave meta tensors in the caches)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.device("cpu"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @functools.lru_cache(maxsize=64)
+@_cpu
 def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
     """CPU index tensors of one geometry.
 
@@ -59,6 +72,7 @@ def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=32)
+@_cpu
 def _gather_indices(geom: WindowGeometry, batch: int, heads: int, device: torch.device):
     """Row indices into (B*(THW+pad_row)*heads, D) and back, on `device`.
 

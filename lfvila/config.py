@@ -1,0 +1,350 @@
+"""Typed configuration: dataclasses are the schema, YAML files are data (STYLE.md §7).
+
+Defaults are SPEC.md's stage-1 values with its decisions applied; a YAML file lists only what
+differs. Unknown keys, wrong types and out-of-range values are errors naming the file and the
+dotted key. `load_config(path, overrides)` reads a file and `key=value` overrides
+(`model.video.drop_path_rate=0.1`); `dump_config(cfg)` writes YAML that loads back to `cfg`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Triple = tuple[int, int, int]
+Backend = Literal["auto", "triton", "cuda", "reference"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the dotted key."""
+
+
+@dataclass(kw_only=True)
+class VideoEncoderConfig:
+    """3D Swin with Hierarchical Temporal Window Attention (SPEC.md §4.1)."""
+
+    num_frames: int = 32
+    """Frames per sample (clips x frames per clip)."""
+    num_clips: int = 4
+    """Clips per sample; frames per clip = num_frames / num_clips."""
+    input_size: tuple[int, int] = (192, 320)
+    """Frame (height, width) in pixels."""
+    patch_size: Triple = (1, 8, 8)
+    in_chans: int = 3
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 14, 2, 2, 2)
+    stages: tuple[int, ...] = (0, 1, 2, 2, 2, 3)
+    """Channel dim of layer i = embed_dim * 2**stages[i]."""
+    num_heads: tuple[int, ...] = (4, 8, 16, 16, 16, 32)
+    downsample_stages: tuple[int, ...] = (0, 1, 4)
+    """Layers followed by 2x2 spatial PatchMerging."""
+    window_size: tuple[Triple, ...] = (
+        (2, 3, 5),
+        (4, 3, 5),
+        (8, 3, 5),
+        (16, 3, 5),
+        (16, 3, 5),
+        (32, 3, 5),
+    )
+    local_window: int = 8
+    """Clip length in frames: the clip-local tap sits before the first wider temporal window."""
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.2
+    """Stochastic depth, linear over all blocks."""
+    patch_norm: bool = True
+    temporal_no_shifting: bool = True
+    """Shift odd blocks by (0, Wh//2, Ww//2), never in time."""
+    checkpoint_layers: tuple[int, ...] = ()
+    """Layers run under activation checkpointing (saves memory, costs a recompute)."""
+    attention_backend: Backend = "auto"
+    """Window-attention backend (kernels.backend overrides 'auto')."""
+
+    def __post_init__(self):
+        n = len(self.depths)
+        for name in ("stages", "num_heads", "window_size"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"video.{name} needs one entry per layer ({n}), got {getattr(self, name)}"
+                )
+        if self.num_frames % self.num_clips:
+            raise ValueError(
+                f"video.num_frames {self.num_frames} must divide by num_clips {self.num_clips}"
+            )
+        if any(not 0 <= i < n for i in self.downsample_stages):
+            raise ValueError(
+                f"video.downsample_stages {self.downsample_stages} must index layers 0..{n - 1}"
+            )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"video.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    def dims(self) -> list[int]:
+        return [self.embed_dim * 2**s for s in self.stages]
+
+
+@dataclass(kw_only=True)
+class TextEncoderConfig:
+    """BERT split into sentence, paragraph and cross-modal layers (SPEC.md §6)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    """Layers that exist in stage 2 / QA; stage 1 builds only `stage1_layers` of them."""
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    """BERT's token types."""
+    sent_type_vocab_size: int = 8
+    """SentEmbedding's segment (sentence index) table; `type_vocab_size: 8` in the yamls."""
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    num_local_layers: int = 8
+    """Sentence-level layers 0..7."""
+    stage1_layers: int = 12
+    """Layers 0..11 exist in stage 1; 8..11 encode the paragraph."""
+    max_sentences: int = 4
+    """M sentences per paragraph."""
+    max_tokens: int = 50
+    """L tokens per sentence."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """'auto': flash-attn where installed on a GPU, else SDPA."""
+
+    def __post_init__(self):
+        if not 0 < self.num_local_layers < self.stage1_layers <= self.num_hidden_layers:
+            raise ValueError(
+                "text: need 0 < num_local_layers < stage1_layers <= num_hidden_layers, got "
+                f"{self.num_local_layers}, {self.stage1_layers}, {self.num_hidden_layers}"
+            )
+        if self.max_sentences * self.max_tokens > self.max_position_embeddings:
+            raise ValueError("text: max_sentences * max_tokens must fit max_position_embeddings")
+        if self.max_sentences > self.sent_type_vocab_size:
+            raise ValueError("text: max_sentences must be <= sent_type_vocab_size")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Objectives and their weights (SPEC.md §7-9)."""
+
+    temperature: float = 0.05
+    """τ of the global video-paragraph loss (`TRAINING.temp`)."""
+    global_weight: float = 1.0
+    use_mtc: bool = True
+    """`use_time_match`."""
+    mtc_temperature: float = 0.05
+    """`time_temp`."""
+    mtc_weight: float = 0.25
+    num_key: int = 2
+    num_value: int = 2
+    num_other_neg: int = 3
+    use_mlm: bool = True
+    mlm_weight: float = 1.0
+    mlm_probability: float = 0.15
+    vtm_weight: float = 10.0
+    use_span_loss: bool = True
+    span_loss_weight: float = 1.0
+
+    def __post_init__(self):
+        for name in ("temperature", "mtc_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"loss.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which model to build and its parts."""
+
+    task: Literal[
+        "pretrain", "retrieval", "multichoice_qa", "qa_classification", "video_classification"
+    ] = "pretrain"
+    stage: Literal[1, 2] = 1
+    """Pre-training stage: 1 = dual encoder (VPC + MTC), 2 = cross-modal encoder (MLM + VTM)."""
+    num_classes: int = 0
+    """Classes of the QA-classification / video-classification heads."""
+    num_candidates: int = 4
+    """Answer candidates of multiple-choice QA (How2QA)."""
+    projection_dim: int = 1024
+    mtc_features: Literal["local", "final"] = "local"
+    """SPEC Decision 1: MTC clip features from the clip-local tap, or from the final map."""
+    freeze_pooler: bool = False
+    """SPEC Decision 2: True leaves the BERT pooler out of the optimizer, as the original."""
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self):
+        needs_classes = self.task in ("qa_classification", "video_classification")
+        if needs_classes and self.num_classes < 2:
+            raise ValueError(
+                f"model.num_classes must be >= 2 for task {self.task}, got {self.num_classes}"
+            )
+        if self.video.dims()[-1] != self.text.hidden_size and self.task != "video_classification":
+            raise ValueError(
+                f"the video encoder's last dim {self.video.dims()[-1]} must equal text.hidden_size "
+                f"{self.text.hidden_size} (video tokens enter the cross-modal layers)"
+            )
+
+    @property
+    def uses_cross_modal(self) -> bool:
+        return (self.task == "pretrain" and self.stage == 2) or self.task in (
+            "multichoice_qa",
+            "qa_classification",
+        )
+
+
+@dataclass(kw_only=True)
+class KernelConfig:
+    backend: Backend = "auto"
+    """Overrides every 'auto' kernel backend (window attention, contrastive losses)."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    """The root config (data, training and evaluation sections arrive with their issues)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML value to `annotation`, raising ConfigError naming `where`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (types.UnionType, typing.Union):
+        for option in args:
+            if option is type(None) and value is None:
+                return None
+        options = [a for a in args if a is not type(None)]
+        return _convert(value, options[0], where)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:  # PyYAML reads 5e-5 as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{dotted}'{hint}")
+        kwargs[key] = _convert(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def config_from_dict(
+    data: dict, overrides: tuple[str, ...] | list[str] = (), source: str = "<dict>"
+) -> Config:
+    """Build a Config from nested dicts plus `key=value` overrides (values parsed as YAML)."""
+    data = {} if data is None else dict(data)
+    for item in overrides:
+        item = item[2:] if item.startswith("--") else item
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    try:
+        return _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
+) -> Config:
+    """Read a YAML config (None: the defaults) and apply `key=value` overrides."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        source = str(path)
+    return config_from_dict(data, overrides, source)
+
+
+def to_dict(cfg) -> dict:
+    def plain(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML text of the whole resolved config (loads back to an equal Config)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
