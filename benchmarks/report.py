@@ -231,6 +231,34 @@ def loss_targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def train_table(rows: list[dict]) -> list[str]:
+    steps = [r for r in rows if r.get("level") == "train"]
+    if not steps:
+        return []
+    ref = {r["case"]: r["median_ms"] for r in steps if r["provider"] == "reference"}
+    lines = [
+        "| case | kernels | ms / step | IQR ms | samples/s | peak GiB | MFU | loss | vs ref |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(steps, key=lambda r: (r["case"], r["provider"])):
+        base = ref.get(r["case"])
+        speedup = base / r["median_ms"] if base else None
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        lines.append(
+            f"| {r['case']} | {r['provider']} | {_fmt(r['median_ms'])} | {_fmt(r['iqr_ms'], 2)} | "
+            f"{_fmt(r.get('samples_per_s'))} | {_fmt(r.get('peak_gib'))} | {mfu} | "
+            f"{_fmt(r.get('loss'), 6)} | {_fmt(speedup)}x |"
+        )
+    fused = [r for r in steps if r["provider"] == "triton" and ref.get(r["case"])]
+    for r in fused:
+        ratio = ref[r["case"]] / r["median_ms"]
+        verdict = "met" if ratio >= 1.3 else "NOT met"
+        lines.append(
+            f"\nTarget (issue 4): fused step >= 1.3x the reference step: {ratio:.2f}x, {verdict}"
+        )
+    return lines
+
+
 def plots(rows: list[dict], out: pathlib.Path) -> str:
     try:
         import matplotlib
@@ -289,6 +317,8 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## Contrastive losses (forward + backward)", "", *table, ""]
     if checks := loss_targets(rows):
         lines += ["## Targets (issue 3)", "", *checks, ""]
+    if table := train_table(rows):
+        lines += ["## Stage-1 training step (forward + backward)", "", *table, ""]
     if table := paired_table(rows):
         lines += [
             "## Whole module vs torchvision, timed alternately in each round (median per call)",

@@ -24,5 +24,6 @@ def test_gpu_check_smoke_mode_writes_a_report(tmp_path):
         assert f"| {provider} |" in text
     assert "## The attention op" in text and "## Whole module" in text
     assert "## Contrastive losses" in text and "| N=300, d=32 | triton |" in text
+    assert "## Stage-1 training step" in text and "fused step >= 1.3x" in text
     assert "copy bandwidth" in text
     assert list(tmp_path.glob("gpu_tests_cpu-smoke_*.log"))

@@ -108,6 +108,9 @@ class PretrainOutput:
 class LFVILA(LFVILABase):
     """LF-VILA pre-training model, stage 1 or 2 (`cfg.stage`)."""
 
+    kernel_backend = "auto"
+    """Backend of the contrastive losses (`build_model` sets it from `kernels.backend`)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -157,11 +160,12 @@ class LFVILA(LFVILABase):
         process_group=None,
         mtc_generator: torch.Generator | None = None,
         mtc_indices: dict | None = None,
-        backend: str = "auto",
+        backend: str | None = None,
     ) -> PretrainOutput:
         """video (B, 3, T, H, W); text_ids, text_mask (B, M, L); mlm_labels (B, M, L), -100 where
         not masked (stage 2). `process_group` gathers the contrastive features across ranks;
         `mtc_generator` / `mtc_indices` drive MTC sampling (same on every rank)."""
+        backend = backend or self.kernel_backend
         if self.cfg.stage == 1:
             return self._stage1(
                 video, text_ids, text_mask, process_group, mtc_generator, mtc_indices, backend

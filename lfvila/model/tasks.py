@@ -55,8 +55,11 @@ class LFVILAForRetrieval(LFVILABase):
         """ids, mask (B, M, L) -> (B, P) L2-normalised."""
         return F.normalize(self.text_global_proj(self.encode_text(ids, mask).paragraph), dim=-1)
 
-    def forward(self, video, text_ids, text_mask, process_group=None, backend="auto") -> TaskOutput:
+    kernel_backend = "auto"
+
+    def forward(self, video, text_ids, text_mask, process_group=None, backend=None) -> TaskOutput:
         v, t = self.video_features(video), self.text_features(text_ids, text_mask)
+        backend = backend or self.kernel_backend
         loss = contrastive_loss(
             v, t, self.cfg.loss.temperature, process_group=process_group, backend=backend
         )
@@ -178,10 +181,22 @@ class LFVILAForVideoClassification(nn.Module):
         return TaskOutput(loss, logits=logits, video_feat=feat)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model class of `cfg.task` (pre-training: `LFVILA` of `cfg.stage`)."""
+def build_model(cfg) -> nn.Module:
+    """The model class of `cfg.task` (pre-training: `LFVILA` of `cfg.stage`).
+
+    Takes a `ModelConfig`, or a root `Config`, whose `kernels.backend` then replaces every 'auto'
+    kernel backend (window attention and the contrastive losses).
+    """
+    from ..config import Config
     from .pretrain import LFVILA
 
+    backend = "auto"
+    if isinstance(cfg, Config):
+        backend = cfg.kernels.backend
+        cfg = cfg.model
+        if backend != "auto" and cfg.video.attention_backend == "auto":
+            video = dataclasses.replace(cfg.video, attention_backend=backend)
+            cfg = dataclasses.replace(cfg, video=video)
     classes = {
         "pretrain": LFVILA,
         "retrieval": LFVILAForRetrieval,
@@ -189,4 +204,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         "qa_classification": LFVILAForQAClassification,
         "video_classification": LFVILAForVideoClassification,
     }
-    return classes[cfg.task](cfg)
+    model = classes[cfg.task](cfg)
+    model.kernel_backend = backend
+    return model

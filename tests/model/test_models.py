@@ -294,3 +294,33 @@ def test_model_copies_keep_shared_mlm_bias():
     assert head.decoder.bias is head.bias
     clone = copy.deepcopy(model).text_encoder.cls.predictions
     assert clone.decoder.bias is clone.bias
+
+
+def test_flops_match_the_spec_estimate():
+    from lfvila.model.flops import flops_per_sample, peak_tflops, video_encoder_flops
+
+    cfg = load_config().model
+    video = video_encoder_flops(cfg)
+    assert abs(video - 0.31e12) / 0.31e12 < 0.05, video  # SPEC §14.3: about 0.31 TFLOPs per sample
+    assert flops_per_sample(cfg) > video
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("Some GPU") is None
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads = []
+    for layers in ("[]", "[0,2,5]"):
+        cfg = load_config(
+            TINY, [f"model.video.checkpoint_layers={layers}", "model.video.drop_path_rate=0.0"]
+        ).model
+        torch.manual_seed(0)
+        model = LFVILA(cfg).train()
+        _run(model, cfg).loss.backward()
+        grads.append(model.video_encoder.layers[0].blocks[0].mlp.fc1.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_kernels_backend_overrides_auto():
+    cfg = load_config(TINY, ["kernels.backend=reference"])
+    model = build_model(cfg)
+    assert model.kernel_backend == "reference"
+    assert model.video_encoder.layers[0].blocks[0].attn.backend == "reference"
