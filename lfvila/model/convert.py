@@ -263,3 +263,37 @@ def to_original(state_dict: dict, dtype: torch.dtype | None = torch.float16) -> 
             positions = torch.arange(value.shape[0])[None]
             out[key.replace("position_embeddings.weight", "position_ids")] = positions
     return out
+
+
+def initialise(
+    model: nn.Module,
+    swin: str | Path | None = None,
+    bert: str | Path | None = None,
+    lfvila: str | Path | None = None,
+    strict: bool = False,
+) -> dict[str, LoadReport]:
+    """Initialise a model from local checkpoint files, in SPEC §8.1's order: the Swin checkpoint
+    (inflated) into `video_encoder`, BERT into `text_encoder` (and the paragraph positions), then
+    an LF-VILA checkpoint over everything it holds. Returns one report per file given.
+
+    `strict` raises unless each file's keys cover its part exactly (the LF-VILA file: the whole
+    model). Nothing is downloaded.
+    """
+    reports = {}
+    if swin is not None:
+        video_encoder = model.video_encoder
+        inflated = inflate_swin_2d(read_checkpoint(swin), video_encoder.cfg)
+        reports["swin"] = load_weights(video_encoder, inflated, strict=strict)
+    if bert is not None:
+        text_encoder = model.text_encoder
+        converted = convert_bert(read_checkpoint(bert), len(text_encoder.bert.encoder.layer))
+        report = load_weights(model, converted)
+        bert_missing = [k for k in report.missing if k.startswith("text_encoder.bert.")]
+        if strict and (bert_missing or report.unexpected or report.mismatched):
+            raise ValueError(f"{bert}: BERT checkpoint does not match text_encoder:\n{report}")
+        reports["bert"] = report
+    if lfvila is not None:
+        reports["lfvila"] = load_weights(
+            model, from_original(read_checkpoint(lfvila)), strict=strict
+        )
+    return reports

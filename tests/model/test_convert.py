@@ -230,3 +230,23 @@ def test_read_checkpoint_formats(tmp_path):
         torch.testing.assert_close(read_checkpoint(tmp_path / name)["a"], sd["a"])
     with pytest.raises(FileNotFoundError, match="nothere.pth: checkpoint not found"):
         read_checkpoint(tmp_path / "nothere.pth")
+
+
+def test_initialise_from_local_files_in_spec_order(tmp_path):
+    cfg = load_config(TINY, ["model.stage=2"]).model
+    hf = _hf_bert(cfg.text, cfg.text.num_hidden_layers)
+    torch.save(hf, tmp_path / "bert.bin")
+    torch.manual_seed(1)
+    stage1 = LFVILA(load_config(TINY).model)
+    torch.save(to_original(stage1.state_dict()), tmp_path / "lfvila_stage1.bin")
+    from lfvila.model.convert import initialise
+
+    model = LFVILA(cfg)
+    reports = initialise(model, bert=tmp_path / "bert.bin", lfvila=tmp_path / "lfvila_stage1.bin")
+    sd = model.state_dict()
+    # layers 0..stage1-1 come from the stage-1 file (fp16-rounded), later ones from BERT
+    first = "text_encoder.bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(sd[first], stage1.state_dict()[first].half().float())
+    last = f"text_encoder.bert.encoder.layer.{cfg.text.num_hidden_layers - 1}.output.dense.weight"
+    torch.testing.assert_close(sd[last], hf["bert.encoder.layer.3.output.dense.weight"])
+    assert "video_token_pos.s_pos_embed" in reports["lfvila"].missing  # new in stage 2
