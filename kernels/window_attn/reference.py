@@ -18,21 +18,12 @@ import torch
 
 from .geometry import WindowGeometry, window_geometry
 
-
-def _cpu(fn):
-    """Build cached index tensors on the CPU whatever the ambient default device (a model built
-    under `with torch.device("meta")` must not leave meta tensors in the caches)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with torch.device("cpu"):
-            return fn(*args, **kwargs)
-
-    return wrapper
+# Index tensors are built on the CPU explicitly (device=CPU), never on the ambient default device:
+# a model built under `with torch.device("meta")` must not leave meta tensors in the caches.
+CPU = torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=64)
-@_cpu
 def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
     """CPU index tensors of one geometry.
 
@@ -46,10 +37,9 @@ def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
     padded, shift = geom.padded, geom.shift
     nwt, nwh, nww = geom.grid
     # Rolled coordinates of every window row, shape (nW, N) per axis.
-    gt, gh, gw = torch.meshgrid(
-        torch.arange(nwt), torch.arange(nwh), torch.arange(nww), indexing="ij"
-    )
-    it, ih, iw = torch.meshgrid(torch.arange(wt), torch.arange(wh), torch.arange(ww), indexing="ij")
+    ar = lambda n: torch.arange(n, device=CPU)  # noqa: E731
+    gt, gh, gw = torch.meshgrid(ar(nwt), ar(nwh), ar(nww), indexing="ij")
+    it, ih, iw = torch.meshgrid(ar(wt), ar(wh), ar(ww), indexing="ij")
     rolled = [
         (g.reshape(-1, 1) * w + i.reshape(1, -1))
         for g, i, w in ((gt, it, wt), (gh, ih, wh), (gw, iw, ww))
@@ -64,7 +54,7 @@ def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
         region = region * 3 + axis_region
 
     bt, bh, bw = geom.bias_window
-    n = torch.arange(geom.tokens)
+    n = torch.arange(geom.tokens, device=CPU)
     stride_t, stride_h = geom.table_strides
     g = (n // (bh * bw)) * stride_t + (n // bw % bh) * stride_h + n % bw
     bias_index = g[:, None] - g[None, :] + geom.table_origin
@@ -72,7 +62,6 @@ def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=32)
-@_cpu
 def _gather_indices(geom: WindowGeometry, batch: int, heads: int, device: torch.device):
     """Row indices into (B*(THW+pad_row)*heads, D) and back, on `device`.
 
@@ -86,13 +75,13 @@ def _gather_indices(geom: WindowGeometry, batch: int, heads: int, device: torch.
     src = slots["src"].reshape(-1)  # (nW*N,)
     thw = math.prod(geom.size)
     rows_per_batch = thw + int(geom.has_padding)
-    b = torch.arange(batch).view(batch, 1, 1)
-    h = torch.arange(heads).view(1, heads, 1)
+    b = torch.arange(batch, device=CPU).view(batch, 1, 1)
+    h = torch.arange(heads, device=CPU).view(1, heads, 1)
     to_windows = (b * rows_per_batch + src.view(1, 1, -1)) * heads + h  # (B, heads, nW*N)
 
-    slot_of_token = torch.empty(thw, dtype=torch.long)
+    slot_of_token = torch.empty(thw, dtype=torch.long, device=CPU)
     real = src < thw
-    slot_of_token[src[real]] = torch.arange(src.numel())[real]
+    slot_of_token[src[real]] = torch.arange(src.numel(), device=CPU)[real]
     nwn = src.numel()
     to_map = (b * heads + h) * nwn + slot_of_token.view(1, 1, -1)  # (B, heads, THW)
     to_map = to_map.permute(0, 2, 1)  # (B, THW, heads)

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .._triton_utils import autotune, dot_precision, parallel_target
 from .geometry import WindowGeometry, next_power_of_2, window_geometry
-from .reference import _cpu, window_slots
+from .reference import CPU, window_slots
 
 LOG2E = 1.4426950408889634
 # Finite, not -inf: a row whose keys are all masked (a padding lane) must give 0, not NaN.
@@ -689,14 +689,13 @@ def reduce_bias_partials(part: torch.Tensor, np_rows: int, n: int) -> torch.Tens
 
 
 @functools.lru_cache(maxsize=32)
-@_cpu
 def _bias_pairs(geom: WindowGeometry, device: torch.device):
     """Pairs grouped by table row: row_ptr (R+1,) and cols (N*N,) int32 (CSR), the most pairs in a
     row, and the flat (N*N,) index."""
     index = window_slots(geom)["bias_index"].reshape(-1)
     cols = torch.argsort(index, stable=True)
     counts = torch.bincount(index, minlength=geom.table_rows)
-    row_ptr = torch.zeros(geom.table_rows + 1, dtype=torch.long)
+    row_ptr = torch.zeros(geom.table_rows + 1, dtype=torch.long, device=CPU)
     row_ptr[1:] = torch.cumsum(counts, 0)
     max_count = int(counts.max())
     return (
