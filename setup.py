@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 PACKAGES = [
     "lfvila",
+    "lfvila.data",
     "lfvila.model",
     "lfvila.kernels",
     "lfvila.kernels.window_attn",

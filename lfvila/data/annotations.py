@@ -1,0 +1,197 @@
+"""Annotation files: JSONL for every task with the original field names (SPEC.md §10.3), and the
+original pre-training LMDB (optional `lmdb` extra), whose values are Python-literal strings parsed
+with `ast.literal_eval`, never `eval` (SPEC Decision 4d).
+
+Every record is validated; a bad one raises `AnnotationError` naming the file, the line (or LMDB
+key) and the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation; the message names the file, the line or key, and the field."""
+
+
+def _is_str(x) -> bool:
+    return isinstance(x, str) and x.strip() != ""
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_text(x) -> str | None:
+    if _is_str(x):
+        return None
+    if isinstance(x, list) and x and all(isinstance(s, str) for s in x):
+        return None
+    return "must be a non-empty string or a non-empty list of strings"
+
+
+def _check_subtitles(x) -> str | None:
+    if not isinstance(x, list):
+        return "must be a list of {text, start, end}"
+    for i, item in enumerate(x):
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            return f"item {i} must be an object with a string 'text'"
+        if not _is_number(item.get("start")) or not _is_number(item.get("end")):
+            return f"item {i} needs numeric 'start' and 'end'"
+    return None
+
+
+def _check_span(x) -> str | None:
+    ok = isinstance(x, list) and len(x) == 2 and all(_is_number(v) or v is None for v in x)
+    return None if ok else "must be [start, end] in seconds (NaN or null for the whole video)"
+
+
+def _check_answers(x) -> str | None:
+    ok = isinstance(x, list) and len(x) >= 2 and all(isinstance(a, str) for a in x)
+    return None if ok else "must be a list of at least 2 answer strings"
+
+
+def _need(check: Callable[[object], bool], what: str) -> Callable[[object], str | None]:
+    return lambda x: None if check(x) else what
+
+
+# field -> check returning None or the problem; one schema per task (SPEC §10.3)
+SCHEMAS: dict[str, dict[str, Callable]] = {
+    "retrieval": {"clip_id": _need(_is_str, "must be a non-empty string"), "text": _check_text},
+    "how2qa": {
+        "clip_id": _need(_is_str, "must be a non-empty string"),
+        "span": _check_span,
+        "text_q": _need(lambda x: isinstance(x, str), "must be a string"),
+        "text_a": _check_answers,
+        "text_s": _check_subtitles,
+        "answer_idx": _need(_is_int, "must be an integer"),
+    },
+    "violin": {
+        "clip_id": _need(_is_str, "must be a non-empty string"),
+        "text_q": _need(lambda x: isinstance(x, str), "must be a string"),
+        "text_s": _check_subtitles,
+        "answer": _need(lambda x: x in (0, 1) and not isinstance(x, bool), "must be 0 or 1"),
+    },
+    "actnet_qa": {
+        "video_name": _need(_is_str, "must be a non-empty string"),
+        "question": _need(lambda x: isinstance(x, str), "must be a string"),
+        "answer": _need(_is_int, "must be an integer class index"),
+    },
+    "video_classification": {
+        "video_id": _need(_is_str, "must be a non-empty string"),
+        "recipe_type": _need(_is_int, "must be an integer class index"),
+    },
+}
+
+
+def _validate_record(record, task: str, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for field, check in SCHEMAS[task].items():
+        if field not in record:
+            raise AnnotationError(f"{where}: field '{field}' is missing")
+        problem = check(record[field])
+        if problem:
+            raise AnnotationError(f"{where}: field '{field}' {problem} (got {record[field]!r})")
+    if task == "how2qa" and not 0 <= record["answer_idx"] < len(record["text_a"]):
+        raise AnnotationError(
+            f"{where}: field 'answer_idx' {record['answer_idx']} is not an index of text_a"
+        )
+    return record
+
+
+def validate_pretrain(record, where: str, min_clips: int = 1) -> list[dict]:
+    """A pre-training sample: a list of {clip_id, text} in temporal order."""
+    if not isinstance(record, list) or len(record) < min_clips:
+        raise AnnotationError(
+            f"{where}: expected a list of at least {min_clips} {{clip_id, text}} objects"
+        )
+    for i, clip in enumerate(record):
+        if not isinstance(clip, dict):
+            raise AnnotationError(f"{where}: item {i} must be an object with 'clip_id' and 'text'")
+        for field in ("clip_id", "text"):
+            if not isinstance(clip.get(field), str):
+                raise AnnotationError(
+                    f"{where}: item {i} field '{field}' must be a string (got {clip.get(field)!r})"
+                )
+    return record
+
+
+def read_jsonl(path: str | os.PathLike, task: str) -> list:
+    """Read and validate a task's JSONL file (`task`: one of SCHEMAS, or "pretrain")."""
+    if task not in SCHEMAS and task != "pretrain":
+        raise ValueError(f"task must be one of {sorted(SCHEMAS) + ['pretrain']}, got {task!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line, parse_constant=lambda c: math.nan if c == "NaN" else None)
+            except json.JSONDecodeError as exc:
+                raise AnnotationError(
+                    f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
+            records.append(
+                validate_pretrain(record, where)
+                if task == "pretrain"
+                else _validate_record(record, task, where)
+            )
+    if not records:
+        raise AnnotationError(f"{path}: no records")
+    return records
+
+
+class PretrainLMDB:
+    """The original pre-training LMDB: key str(i) -> a Python-literal string of a list of
+    {clip_id, text}, parsed with ast.literal_eval (anything but a literal is refused)."""
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            import lmdb
+        except ImportError as exc:
+            raise ImportError(
+                "reading the pre-training LMDB needs the 'lmdb' extra (pip install lmdb)"
+            ) from exc
+        self.path = Path(path)
+        if not self.path.exists():
+            raise AnnotationError(f"{self.path}: LMDB not found")
+        self.env = lmdb.open(
+            str(self.path), readonly=True, lock=False, readahead=False, subdir=self.path.is_dir()
+        )
+        self.length = self.env.stat()["entries"]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> list[dict]:
+        where = f"{self.path} key {index}"
+        with self.env.begin() as txn:
+            raw = txn.get(str(index).encode())
+        if raw is None:
+            raise AnnotationError(f"{where}: no such key")
+        return validate_pretrain(parse_literal(raw.decode("utf-8"), where), where)
+
+
+def parse_literal(text: str, where: str):
+    """A Python literal (lists, dicts, strings, numbers) or AnnotationError: never `eval`."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise AnnotationError(
+            f"{where}: value is not a Python literal ({type(exc).__name__})"
+        ) from None

