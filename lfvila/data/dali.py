@@ -82,36 +82,47 @@ def read_frames(path, indices: Sequence[int], device: str) -> torch.Tensor:
     return _to_torch(out.as_cpu() if device == "cpu" else out, 0, device)
 
 
+_LINEAR = dict(interp_type=types.INTERP_LINEAR, antialias=False, dtype=types.FLOAT)
+
+
 @functools.lru_cache(maxsize=8)
-def _augment_pipeline(device: str, batch_size: int, size: tuple[int, int]):
+def _augment_pipeline(device: str, batch_size: int, size: tuple[int, int], evaluation: bool):
+    """Resizes are linear without antialiasing, as the CPU path (`lfvila.data.augment`)."""
+
     @pipeline_def(batch_size=batch_size, device_id=_device_id(device), **_SYNC)
     def pipe():
         data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
-        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
-        flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
         video = fn.decoders.video(
             data, device="mixed" if device == "cuda" else "cpu", frames=frames
         )
-        # crop + resize in one op; linear, no antialiasing: what the CPU path computes
-        video = fn.resize(
-            video,
-            size=list(size),
-            roi_start=roi_start,
-            roi_end=roi_end,
-            roi_relative=False,
-            interp_type=types.INTERP_LINEAR,
-            antialias=False,
-            dtype=types.FLOAT,
-        )
+        if evaluation:  # resize to 240x428, then the centre 216x385 resized to `size`
+            video = fn.resize(video, size=[240, 428], **_LINEAR)
+            top, left = (240 - 216) // 2, (428 - 385) // 2
+            video = fn.resize(
+                video,
+                size=list(size),
+                roi_start=[top, left],
+                roi_end=[top + 216, left + 385],
+                roi_relative=False,
+                **_LINEAR,
+            )
+            flip = 0
+        else:  # the sampled crop box and resize in one op, then the sampled flip
+            roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+            roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+            flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+            video = fn.resize(
+                video,
+                size=list(size),
+                roi_start=roi_start,
+                roi_end=roi_end,
+                roi_relative=False,
+                **_LINEAR,
+            )
+        mean, std = [255.0 * m for m in IMAGENET_MEAN], [255.0 * s for s in IMAGENET_STD]
         return fn.crop_mirror_normalize(
-            video,
-            dtype=types.FLOAT,
-            output_layout="CFHW",
-            mirror=flip,
-            mean=[255.0 * m for m in IMAGENET_MEAN],
-            std=[255.0 * s for s in IMAGENET_STD],
+            video, dtype=types.FLOAT, output_layout="CFHW", mirror=flip, mean=mean, std=std
         )
 
     p = pipe()
@@ -122,24 +133,33 @@ def _augment_pipeline(device: str, batch_size: int, size: tuple[int, int]):
 def decode_and_augment(
     paths: Sequence,
     indices: Sequence[Sequence[int]],
-    boxes: Sequence[CropBox],
-    flips: Sequence[bool],
+    boxes: Sequence[CropBox] | None,
+    flips: Sequence[bool] | None,
     size: tuple[int, int],
     device: str,
 ) -> list[torch.Tensor]:
-    """Decode, crop (box in pixels), resize to `size`, flip and normalise inside DALI.
-
-    Returns one (3, T, H, W) float32 tensor per path, on `device`.
-    """
-    p = _augment_pipeline(device, len(paths), tuple(size))
+    """Decode the frames at `indices` of each path and augment them inside DALI: with `boxes`,
+    crop each box (pixels), resize to `size` and apply `flips` (training); with boxes None, the
+    evaluation resize / centre crop / resize. Returns one (3, T, H, W) float32 tensor per path,
+    on `device`; equal to `lfvila.data.augment` on the same decoded frames."""
+    p = _augment_pipeline(device, len(paths), tuple(size), boxes is None)
     p.feed_input("data", [_read_bytes(path) for path in paths])
     p.feed_input("frames", [np.asarray(i, dtype=np.int32) for i in indices])
-    p.feed_input("roi_start", [np.array([b.top, b.left], dtype=np.float32) for b in boxes])
-    p.feed_input(
-        "roi_end", [np.array([b.top + b.height, b.left + b.width], dtype=np.float32) for b in boxes]
-    )
-    p.feed_input("flip", [np.array(int(f), dtype=np.int32) for f in flips])
-    (out,) = p.run()
+    if boxes is not None:
+        p.feed_input("roi_start", [np.array([b.top, b.left], dtype=np.float32) for b in boxes])
+        p.feed_input(
+            "roi_end",
+            [np.array([b.top + b.height, b.left + b.width], dtype=np.float32) for b in boxes],
+        )
+        p.feed_input("flip", [np.array(int(f), dtype=np.int32) for f in flips])
+    try:
+        (out,) = p.run()
+    except Exception as exc:
+        from .video import VideoDecodeError
+
+        raise VideoDecodeError(
+            ", ".join(map(str, paths)), f"DALI failed on this batch ({exc})"
+        ) from exc
     if device == "cpu":
         return [torch.from_numpy(np.array(out[i])) for i in range(len(paths))]
     from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -186,7 +206,7 @@ class DaliLoader:
             for path, idx in plan.files:
                 paths.append(path)
                 frames.append(idx)
-                boxes.append(plan.box or _eval_box(path))
+                boxes.append(plan.box)
                 flips.append(plan.flip)
                 owners.append(k)
         videos = decode_and_augment(
@@ -199,14 +219,3 @@ class DaliLoader:
         out = {key: torch.stack([item[key] for item in items]) for key in items[0]}
         out["video"] = torch.stack(per_item)
         return out
-
-
-def _eval_box(path) -> CropBox:
-    """The evaluation transform as one crop: the centre 216x385 of a 240x428 resize, mapped back
-    to the frame (DALI then resizes that box to the output size in one step)."""
-    from .video import probe
-
-    info = probe(path)
-    sy, sx = info["height"] / 240.0, info["width"] / 428.0
-    top, left = (240 - 216) // 2, (428 - 385) // 2
-    return CropBox(round(top * sy), round(left * sx), round(216 * sy), round(385 * sx))
