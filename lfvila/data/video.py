@@ -47,16 +47,20 @@ def _open(path: str | os.PathLike):
     return container
 
 
-@functools.lru_cache(maxsize=4096)
-def _probe_cached(path: str, size: int, mtime: float) -> dict:
+@functools.lru_cache(maxsize=65536)
+def _probe_cached(path: str, size: int, mtime: float, exact: bool) -> dict:
     container = _open(path)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         count = 0
         try:
-            for _ in container.decode(stream):
-                count += 1
+            if exact:  # decode everything: the count read_frames can deliver
+                for _ in container.decode(stream):
+                    count += 1
+            else:  # demux only: the non-empty packets, one per frame (decord's count)
+                for packet in container.demux(stream):
+                    count += packet.size > 0
         except Exception as exc:
             raise VideoDecodeError(
                 path, f"corrupt or truncated after {count} frames ({exc})"
@@ -75,16 +79,19 @@ def _probe_cached(path: str, size: int, mtime: float) -> dict:
         container.close()
 
 
-def probe(path: str | os.PathLike) -> dict:
-    """dict(num_frames, fps, width, height, codec); num_frames is what a full decode yields.
+def probe(path: str | os.PathLike, exact: bool = True) -> dict:
+    """dict(num_frames, fps, width, height, codec).
 
+    exact=True: num_frames is what a full decode yields (costs a decode). exact=False: the
+    number of video packets, read without decoding (about 50x faster; what decord and the
+    original report); a file whose packets do not all decode is then caught by `read_frames`.
     Cached per (path, size, mtime): a rewritten file is probed again.
     """
     p = Path(path)
     if not p.is_file():
         raise VideoDecodeError(path, "file not found")
     st = p.stat()
-    return dict(_probe_cached(str(p), st.st_size, st.st_mtime))
+    return dict(_probe_cached(str(p), st.st_size, st.st_mtime, exact))
 
 
 def _check_indices(path, indices: Sequence[int]) -> list[int]:

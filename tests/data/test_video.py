@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+import av
 import pytest
 import torch
 
@@ -95,8 +96,15 @@ def test_bad_files_raise_naming_the_file(tmp_path, h264):
     truncated = tmp_path / "truncated.mp4"
     data = pathlib.Path(h264).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
+    no_frames = tmp_path / "no_frames.mp4"  # a container closed before any frame
+    container = av.open(str(no_frames), "w")
+    stream = container.add_stream("mpeg4", rate=3)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    container.start_encoding()
+    container.close()
     cases = [
         (tmp_path / "missing.mp4", r"missing.mp4: file not found"),
+        (no_frames, r"no_frames.mp4: (no video stream|no decodable frames)"),
         (empty, r"empty.mp4: empty file"),
         (corrupt, r"corrupt.mp4: cannot open"),
         (truncated, r"truncated.mp4: (cannot open|corrupt or truncated|asked for frame)"),
