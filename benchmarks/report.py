@@ -259,6 +259,55 @@ def train_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def decode_table(rows: list[dict]) -> list[str]:
+    """Decoding and the data loader: frames/s and samples/s per provider (vs PyAV)."""
+    reads = [r for r in rows if r.get("level") in ("decode", "sample", "loader")]
+    if not reads:
+        return []
+    pyav = {
+        (r["level"], r["case"]): r["median_ms"] for r in reads if r["provider"].startswith("pyav")
+    }
+    lines = [
+        "| level | case | provider | ms / call | frames/s | samples/s | vs PyAV |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(reads, key=lambda r: (r["level"], r["case"], r["provider"])):
+        seconds = r["median_ms"] * 1e-3
+        base = pyav.get((r["level"], r["case"]))
+        lines.append(
+            f"| {r['level']} | {r['case']} | {r['provider']} | {_fmt(r['median_ms'])} | "
+            f"{_fmt(r['frames'] / seconds)} | {_fmt(r['samples'] / seconds)} | "
+            f"{_fmt(base / r['median_ms'] if base else None)}x |"
+        )
+    return lines
+
+
+def decode_targets(rows: list[dict]) -> list[str]:
+    """Issue 5: DALI >= 3x PyAV (16 workers) samples/s, and more samples/s than the full-size
+    stage-1 step consumes (its fused-kernel samples/s, when the train benchmark ran too)."""
+    loader = {r["provider"]: r for r in rows if r.get("level") == "loader"}
+    dali = loader.get("dali-gpu")
+    pyav = next((r for p, r in loader.items() if p.startswith("pyav")), None)
+    if not dali or not pyav:
+        return []
+    rate = {p: r["samples"] / (r["median_ms"] * 1e-3) for p, r in loader.items()}
+    ratio = rate["dali-gpu"] / rate[pyav["provider"]]
+    lines = [
+        f"- DALI >= 3x {pyav['provider']} samples/s: {ratio:.2f}x, "
+        + ("met" if ratio >= 3 else "NOT met")
+    ]
+    steps = [r for r in rows if r.get("level") == "train" and r.get("provider") == "triton"]
+    if steps and steps[0].get("samples_per_s"):
+        need = steps[0]["samples_per_s"]
+        lines.append(
+            f"- DALI samples/s {rate['dali-gpu']:.1f} > the stage-1 step's {need:.1f} "
+            f"({steps[0]['case']}): " + ("met" if rate["dali-gpu"] > need else "NOT met")
+        )
+    else:
+        lines.append("- the stage-1 step's samples/s: not measured in this run")
+    return lines
+
+
 def plots(rows: list[dict], out: pathlib.Path) -> str:
     try:
         import matplotlib
@@ -319,6 +368,10 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## Targets (issue 3)", "", *checks, ""]
     if table := train_table(rows):
         lines += ["## Stage-1 training step (forward + backward)", "", *table, ""]
+    if table := decode_table(rows):
+        lines += ["## Video decoding and the data loader", "", *table, ""]
+    if checks := decode_targets(rows):
+        lines += ["## Targets (issue 5)", "", *checks, ""]
     if table := paired_table(rows):
         lines += [
             "## Whole module vs torchvision, timed alternately in each round (median per call)",

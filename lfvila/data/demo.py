@@ -109,22 +109,27 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8)
 
 
-def _write(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    """Encode (H*3/2, W) YUV 4:2:0 frames (`rgb_to_yuv420p`) at `fps`."""
+def write_video(
+    path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4", fmt: str = "yuv420p"
+) -> None:
+    """Encode frames at `fps`: `fmt` "yuv420p" takes (H*3/2, W) planes from `rgb_to_yuv420p`,
+    "rgb24" takes (H, W, 3) RGB (converted by FFmpeg). codec "mpeg4" (the demo's: FFmpeg's own
+    MPEG-4 Part 2 encoder on one thread, byte-identical from run to run; libx264 and libvpx-vp9
+    were measured to vary now and then on identical input), "libx264", "libvpx-vp9", ..."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    height = frames[0].shape[0] * 2 // 3 if fmt == "yuv420p" else frames[0].shape[0]
     with av.open(str(path), "w") as container:
-        # MPEG-4 Part 2 (FFmpeg's own encoder), one thread: byte-identical from run to run
-        # (libx264 and libvpx-vp9 were measured to vary now and then on identical input).
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0] * 2 // 3
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].shape[1], height
         stream.pix_fmt = "yuv420p"
         stream.time_base = fractions.Fraction(1, fps)
-        stream.codec_context.thread_count = 1
-        stream.options = {"qscale": "4"}
+        if codec == "mpeg4":
+            stream.codec_context.thread_count = 1
+            stream.options = {"qscale": "4"}
         for i, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(array, format=fmt)
             frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -163,12 +168,12 @@ def generate(
             rgb = clip_frames(rng, nprng, color, shape, direction, frames_per_clip, *size)
             frames = [rgb_to_yuv420p(f) for f in rgb]
             clip_id = f"{vid}.{k}.mp4"
-            _write(root / "videos" / vid / clip_id, frames, fps)
+            write_video(root / "videos" / vid / clip_id, frames, fps)
             sentence = f"a {color} {shape} moves {direction}"
             sentences.append(sentence)
             items.append({"clip_id": clip_id, "text": sentence})
             all_frames += frames
-        _write(root / "whole" / f"{vid}.mp4", all_frames, fps)
+        write_video(root / "whole" / f"{vid}.mp4", all_frames, fps)
         splits[split].append((vid, items, sentences))
     files = {}
     for split, rows in splits.items():

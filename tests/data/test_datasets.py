@@ -252,7 +252,7 @@ def test_samplers_cover_every_item_once():
     assert list(sampler) == [(2, 0), (2, 1), (2, 2), (2, 3)]
 
 
-def test_eval_loader_keeps_every_item(demo_data):
+def test_eval_loader_keeps_every_item(demo_data, capsys):
     ds = build_dataset(
         "retrieval",
         demo_data["retrieval_train"],
@@ -265,6 +265,9 @@ def test_eval_loader_keeps_every_item(demo_data):
         loader = build_loader(ds, batch_size=4, train=False, workers=0, rank=rank, world_size=4)
         indices += [i for b in loader for i in b["index"].tolist()]
     assert sorted(indices) == list(range(6))
+    assert sum(len(b["index"]) for b in build_loader(ds, 4, False, workers=0, progress="eval")) == 6
+    err = capsys.readouterr().err
+    assert "eval" in err and "2/2" in err  # the progress bar, two batches of 4 and 2
     with pytest.raises(ValueError, match="decoder must be"):
         build_loader(ds, 2, False, decoder="nvdec")
 
