@@ -47,6 +47,7 @@ def _dali_missing() -> str | None:
 
 def _write_clips(root, codec: str, count: int, size: tuple[int, int]) -> list[str]:
     """`count` textured clips with a moving shape (the demo's scenes) in `codec`."""
+    pytest.importorskip("av", reason="PyAV is not installed (pip install av)")
     rng, nprng = random.Random(0), np.random.default_rng(0)
     suffix = ".webm" if "vp" in codec else ".mp4"
     paths = []

@@ -119,3 +119,21 @@ def test_bad_files_raise_naming_the_file(tmp_path, h264):
         read_frames(h264, [3, 40], "pyav")
     with pytest.raises(VideoDecodeError, match="negative frame index"):
         read_frames(h264, [-1], "pyav")
+
+
+@pytest.mark.gpu
+@pytest.mark.dali
+def test_dali_nvdec_matches_pyav_on_h264(h264):
+    """NVDEC on the GPU: the same frame indices as PyAV, pixels within the decoders' difference
+    (bound as on VP9: 4 levels, mean under 2, outside the index block's edge band)."""
+    theirs = read_frames(h264, INDICES, "pyav")
+    ours = read_frames(h264, INDICES, "dali")
+    assert ours.is_cuda and ours.shape == theirs.shape
+    ours = ours.cpu()
+    assert frame_marks(ours) == frame_marks(theirs) == INDICES
+    diff = (ours.int() - theirs.int()).abs()
+    outside_band = torch.ones(diff.shape[1:3], dtype=torch.bool)
+    outside_band[:18, 14:18] = False
+    outside_band[14:18, :18] = False
+    kept = diff[:, outside_band]
+    assert kept.max() <= 4 and kept.float().mean() < 2.0
