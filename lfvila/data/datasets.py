@@ -507,6 +507,12 @@ def build_loader(
         if decoder == "dali":
             raise ValueError("decoder 'dali' cannot run: " + "; ".join(reasons))
         logger.info("data: PyAV decoding (%s)", "; ".join(reasons))
+    if dataset.opt.decoder != "pyav" and workers > 0:
+        raise ValueError(
+            f"DataOptions.decoder={dataset.opt.decoder!r} decodes inside DataLoader worker "
+            "processes, where DALI cannot use the GPU; keep DataOptions.decoder='pyav' and pass "
+            "build_loader(decoder='dali') for GPU decoding, or use workers=0"
+        )
     batches = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -270,6 +270,9 @@ def test_eval_loader_keeps_every_item(demo_data, capsys):
     assert "eval" in err and "2/2" in err  # the progress bar, two batches of 4 and 2
     with pytest.raises(ValueError, match="decoder must be"):
         build_loader(ds, 2, False, decoder="nvdec")
+    ds.opt.decoder = "dali"
+    with pytest.raises(ValueError, match="decodes inside DataLoader worker processes"):
+        build_loader(ds, 2, False, workers=2)
 
 
 @pytest.fixture(scope="module")
