@@ -108,8 +108,8 @@ def test_bench_sample_cpu(benchmark, cpu_clips, provider, codec):
     if provider.startswith("dali") and (reason := _dali_missing()):
         pytest.skip(reason)
     paths = cpu_clips[codec]
-    indices = clip_frame_indices(probe(paths[0], exact=False)["num_frames"], PER_CLIP)
     info = probe(paths[0], exact=False)
+    indices = clip_frame_indices(info["num_frames"], PER_CLIP)
     box = random_resized_crop_box(info["height"], info["width"], rng=random.Random(0))
     size = (48, 80) if smoke_mode() else (192, 320)
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_RESIZE, EVAL_CROP = (240, 428), (216, 385)  # Resize, then CenterCrop (SPEC §10.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +81,16 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 def augment_train(frames: torch.Tensor, box: CropBox, flip: bool, size=(192, 320)) -> torch.Tensor:
     """frames (T, H, W, 3) uint8 -> (3, T, size) float: crop `box`, resize, optional flip."""
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
-    x = x[:, :, box.top : box.top + box.height, box.left : box.left + box.width]
-    x = _resize(x, tuple(size))
+    # crop the uint8 frames first: only the box is converted to float
+    crop = frames[:, box.top : box.top + box.height, box.left : box.left + box.width]
+    x = _resize(crop.permute(0, 3, 1, 2).float() / 255.0, tuple(size))
     if flip:
         x = x.flip(-1)
     return _normalise(x)
 
 
 def augment_eval(
-    frames: torch.Tensor, size=(192, 320), resize=(240, 428), crop=(216, 385)
+    frames: torch.Tensor, size=(192, 320), resize=EVAL_RESIZE, crop=EVAL_CROP
 ) -> torch.Tensor:
     """frames (T, H, W, 3) uint8 -> (3, T, size) float: resize, centre crop, resize."""
     x = _resize(frames.permute(0, 3, 1, 2).float() / 255.0, tuple(resize))

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, CropBox, center_crop_offsets
+from .augment import (
+    EVAL_CROP,
+    EVAL_RESIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CropBox,
+    center_crop_offsets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +106,14 @@ def _augment_pipeline(device: str, batch_size: int, size: tuple[int, int], evalu
         video = fn.decoders.video(
             data, device="mixed" if device == "cuda" else "cpu", frames=frames
         )
-        if evaluation:  # resize to 240x428, then the centre 216x385 resized to `size`
-            video = fn.resize(video, size=[240, 428], **_LINEAR)
-            top, left = center_crop_offsets((240, 428), (216, 385))
+        if evaluation:  # resize to EVAL_RESIZE, then the centre EVAL_CROP resized to `size`
+            video = fn.resize(video, size=list(EVAL_RESIZE), **_LINEAR)
+            top, left = center_crop_offsets(EVAL_RESIZE, EVAL_CROP)
             video = fn.resize(
                 video,
                 size=list(size),
                 roi_start=[top, left],
-                roi_end=[top + 216, left + 385],
+                roi_end=[top + EVAL_CROP[0], left + EVAL_CROP[1]],
                 roi_relative=False,
                 **_LINEAR,
             )

@@ -174,8 +174,6 @@ def read_frames(
     if backend == "pyav":
         return read_frames_pyav(path, indices)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not Path(path).is_file():
-        raise VideoDecodeError(path, "file not found")
     reasons = can_use_dali(path, device)
     if reasons:
         if backend == "dali":
