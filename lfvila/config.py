@@ -188,7 +188,9 @@ class ModelConfig:
             raise ValueError(
                 f"model.num_classes must be >= 2 for task {self.task}, got {self.num_classes}"
             )
-        if self.video.dims()[-1] != self.text.hidden_size and self.task != "video_classification":
+        # Only the cross-modal layers need equal widths (video tokens join the paragraph there);
+        # the dual encoder projects both sides to projection_dim.
+        if self.uses_cross_modal and self.video.dims()[-1] != self.text.hidden_size:
             raise ValueError(
                 f"the video encoder's last dim {self.video.dims()[-1]} must equal text.hidden_size "
                 f"{self.text.hidden_size} (video tokens enter the cross-modal layers)"
