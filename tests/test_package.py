@@ -60,8 +60,10 @@ def test_cli_help_and_bad_layer(capsys):
     result = subprocess.run(
         [sys.executable, "-m", "lfvila", "--help"], capture_output=True, text=True
     )
-    assert result.returncode == 0 and "demo" in result.stdout
-    assert main(["demo", "--layer", "L9"]) == 2
+    assert result.returncode == 0
+    for command in ("pretrain", "evaluate", "demo", "attention-check"):
+        assert command in result.stdout
+    assert main(["attention-check", "--layer", "L9"]) == 2
     assert "unknown layer 'L9'" in capsys.readouterr().err
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .annotations import read_jsonl
 from .augment import CropBox, augment_eval, augment_train, random_resized_crop_box
@@ -396,21 +396,57 @@ class ExactDistributedSampler(Sampler):
         return len(self.indices)
 
 
+class GlobalBatchSampler(Sampler):
+    """Training sampler: each epoch shuffles all items with a generator seeded `seed + epoch`;
+    global batch s is items [s·B·W, (s+1)·B·W) of that order and rank r takes its r-th slice of
+    B. So a run sees the same global batches, in the same order, at any world size with the same
+    B·W (a 2-process run equals one process at twice the batch); the last partial global batch
+    is dropped. Yields this rank's indices, `num_batches · batch_size` of them per epoch."""
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world_size
+        self.seed, self.epoch = seed, 0
+        self.num_batches = length // (batch_size * world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.length, generator=gen).tolist()
+        b, w = self.batch_size, self.world
+        for step in range(self.num_batches):
+            start = step * b * w + self.rank * b
+            yield from order[start : start + b]
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+
 class EpochSampler(Sampler):
     """Yields (epoch, index) pairs of an inner sampler, so that the random choices of an item
     (window, frames, crop) change every epoch even in persistent DataLoader workers, whose copy
-    of the dataset never sees `set_epoch`."""
+    of the dataset never sees `set_epoch`. `skip(n)` drops the first n indices of the next
+    iteration only (a resumed run continues inside its epoch without decoding what it skips)."""
 
     def __init__(self, inner: Sampler):
-        self.inner, self.epoch = inner, 0
+        self.inner, self.epoch, self._skip = inner, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
 
+    def skip(self, items: int) -> None:
+        self._skip = items
+
     def __iter__(self):
-        return ((self.epoch, index) for index in self.inner)
+        skip, self._skip = self._skip, 0
+        epoch = self.epoch
+        return ((epoch, index) for i, index in enumerate(self.inner) if i >= skip)
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -423,12 +459,24 @@ class Loader:
     Batches are dicts: `video` (B, 3, T, H, W), text and labels as the dataset returns them,
     `index` (B,) item indices."""
 
-    def __init__(self, batches, sampler: EpochSampler, progress: str | None = None):
+    def __init__(
+        self,
+        batches,
+        sampler: EpochSampler,
+        progress: str | None = None,
+        batch_size: int = 1,
+        dataset_length: int = 0,
+    ):
         self.batches, self.sampler, self.progress = batches, sampler, progress
+        self.batch_size, self.dataset_length = batch_size, dataset_length
         self.failure_counts: collections.Counter = collections.Counter()
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def skip(self, batches: int) -> None:
+        """The next iteration starts `batches` batches into the epoch (resume)."""
+        self.sampler.skip(batches * self.batch_size)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -473,9 +521,13 @@ def build_loader(
 ) -> Loader:
     """Batches of `dataset`.
 
-    Training: a shuffling DistributedSampler (rank `rank` of `world_size`) that drops the last
-    partial batch; call `loader.set_epoch(e)` every epoch. Evaluation: the exact sampler (every
-    item once over the ranks, the last batch partial).
+    Training: `GlobalBatchSampler` (rank `rank` of `world_size`: the same global batches at any
+    world size), dropping the last partial batch; call `loader.set_epoch(e)` every epoch.
+    Evaluation: the exact sampler (every item once over the ranks, the last batch partial).
+    DataLoader workers ignore SIGINT (Ctrl-C reaches the process group; the training process
+    decides when to stop and the workers exit with it), and the DataLoader draws its worker
+    seeds from its own generator, so creating an iterator never moves torch's global random
+    stream (exact resume).
 
     decoder: "pyav" (a DataLoader; items decoded in `workers` processes, memory pinned when CUDA
     is there), "dali" (`lfvila.data.dali.DaliLoader`: whole batches decoded and augmented by
@@ -488,9 +540,12 @@ def build_loader(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if train:
-        inner = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
+        inner = GlobalBatchSampler(len(dataset), batch_size, rank, world_size, seed)
+        if inner.num_batches == 0:
+            raise ValueError(
+                f"{len(dataset)} training items make no global batch of {batch_size} x "
+                f"{world_size} processes"
+            )
     else:
         inner = ExactDistributedSampler(len(dataset), rank, world_size)
     sampler = EpochSampler(inner)
@@ -502,8 +557,9 @@ def build_loader(
             from .dali import DaliLoader
 
             return Loader(
-                DaliLoader(dataset, sampler, batch_size, drop_last=train), sampler, progress
-            )
+                DaliLoader(dataset, sampler, batch_size, drop_last=train), sampler, progress,
+                batch_size, len(dataset),
+            )  # fmt: skip
         if decoder == "dali":
             raise ValueError("decoder 'dali' cannot run: " + "; ".join(reasons))
         logger.info("data: PyAV decoding (%s)", "; ".join(reasons))
@@ -521,5 +577,15 @@ def build_loader(
         drop_last=train,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
     )
-    return Loader(batches, sampler, progress)
+    return Loader(batches, sampler, progress, batch_size, len(dataset))
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the workers leave stopping to the trainer.
+    (SIGTERM keeps its default: multiprocessing stops leftover workers with it at exit.)"""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

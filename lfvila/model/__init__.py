@@ -1,6 +1,7 @@
 """The LF-VILA model: HTWA video encoder, split BERT text encoder, pre-training and task models."""
 
-from .pretrain import LFVILA, PretrainOutput, TextFeatures, VideoTokenPos
+from .pretrain import LFVILA, DualEncoderBase, PretrainOutput, TextFeatures, VideoTokenPos
+from .pretrained import from_pretrained, load_pretrained_config, save_pretrained
 from .tasks import (
     LFVILAForMultipleChoiceQA,
     LFVILAForQAClassification,
@@ -13,6 +14,7 @@ from .text import SentEmbedding, TextEncoder
 from .video_swin import VideoEncoder, pool_video
 
 __all__ = [
+    "DualEncoderBase",
     "LFVILA",
     "LFVILAForMultipleChoiceQA",
     "LFVILAForQAClassification",
@@ -26,5 +28,8 @@ __all__ = [
     "VideoEncoder",
     "VideoTokenPos",
     "build_model",
+    "from_pretrained",
+    "load_pretrained_config",
     "pool_video",
+    "save_pretrained",
 ]

@@ -3,6 +3,8 @@
 
 `LFVILA(cfg.model)` builds `.video_encoder`, `.text_encoder`, the four projections,
 `.sent_embedding` and, in stage 2, `.video_token_pos`; state-dict keys follow SPEC §13.2.
+Every model class also says which of its parameters its forward never reaches
+(`unused_parameters()`), so that the training engine can leave them out of the optimiser and DDP.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ class VideoTokenPos(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, P, C) -> (B, T·P, C)."""
         return self.norm(tokens + self.s_pos_embed + self.t_pos_embed).flatten(1, 2)
+
+
+LOCAL_TAP = ("video_encoder.local_feat_proj", "video_encoder.norm_local")
+"""The clip-local tap (SPEC §4.7): reached only by stage-1 MTC under `mtc_features: local`."""
+
+
+def parameters_under(model: nn.Module, prefixes) -> set[str]:
+    """Full names of `model`'s parameters inside the modules named by `prefixes` (shared
+    parameters once, under their first name, as `named_parameters` lists them)."""
+    dotted = tuple(p + "." for p in prefixes)
+    return {name for name, _ in model.named_parameters() if name.startswith(dotted)}
 
 
 def tokens_per_frame(cfg: ModelConfig) -> int:
@@ -88,6 +101,32 @@ class LFVILABase(nn.Module):
         return pool_video(feature_map, self.cfg.video.num_clips)
 
 
+class DualEncoderBase(LFVILABase):
+    """LFVILABase plus the stage-1 global features (SPEC §7.1), for the models that hold
+    `video_global_proj` and `text_global_proj`: pre-training (stage 2 keeps them frozen) and
+    retrieval. The stage-1 forward computes its features with the same two projections."""
+
+    video_global_proj: nn.Linear
+    text_global_proj: nn.Linear
+
+    def project_video(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled (B, C) mean of the clip features of the final map -> (B, P) L2-normalised."""
+        return F.normalize(self.video_global_proj(pooled), dim=-1)
+
+    def project_text(self, paragraph: torch.Tensor) -> torch.Tensor:
+        """paragraph (B, C) token 0 after the paragraph layers -> (B, P) L2-normalised."""
+        return F.normalize(self.text_global_proj(paragraph), dim=-1)
+
+    def video_features(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, 3, T, H, W) -> (B, P) L2-normalised global video features."""
+        _, _, pooled = self.pool(self.video_encoder(video, with_local=False).final)
+        return self.project_video(pooled)
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask (B, M, L) -> (B, P) L2-normalised paragraph features."""
+        return self.project_text(self.encode_text(ids, mask).paragraph)
+
+
 @dataclasses.dataclass
 class PretrainOutput:
     loss: torch.Tensor
@@ -105,7 +144,7 @@ class PretrainOutput:
     vtm_accuracy: torch.Tensor | None = None
 
 
-class LFVILA(LFVILABase):
+class LFVILA(DualEncoderBase):
     """LF-VILA pre-training model, stage 1 or 2 (`cfg.stage`)."""
 
     kernel_backend = "auto"
@@ -118,6 +157,8 @@ class LFVILA(LFVILABase):
         self.video_encoder = VideoEncoder(cfg.video)
         layers = cfg.text.stage1_layers if cfg.stage == 1 else cfg.text.num_hidden_layers
         self.text_encoder = TextEncoderForPretraining(cfg.text, layers)
+        # Plain nn.Linear with PyTorch's default init, as the original: its projections are
+        # top-level modules of LFVILA_Pretrain, outside BERT's post_init (no N(0, 0.02)).
         self.video_local_proj = nn.Linear(video_dim, proj)
         self.text_local_proj = nn.Linear(text_dim, proj)
         self.video_global_proj = nn.Linear(video_dim, proj)
@@ -129,9 +170,6 @@ class LFVILA(LFVILABase):
                 video_dim, cfg.video.num_frames, tokens_per_frame(cfg)
             )
             self._freeze_stage_one()
-        if cfg.freeze_pooler:  # Decision 2: the original never optimised the pooler
-            for p in self.text_encoder.bert.pooler.parameters():
-                p.requires_grad_(False)
 
     def _freeze_stage_one(self) -> None:
         """Stage 2 (SPEC §8.2): everything trained in stage 1 is frozen."""
@@ -142,6 +180,30 @@ class LFVILA(LFVILABase):
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)
+
+    def unused_parameters(self) -> set[str]:
+        """Parameters the forward never reaches under this config (they exist for the checkpoint
+        layout), frozen ones included. Stage 1: the pooler and the stage-2 heads (`cls`,
+        `seq_relationship`); the clip-local tap unless MTC runs on it; the local projections
+        without MTC. Stage 2: the tap and the four stage-1 projections (frozen; reached only by
+        `video_features` / `text_features`), and the MLM head without `use_mlm`."""
+        loss = self.cfg.loss
+        if self.cfg.stage == 1:
+            prefixes = [
+                "text_encoder.bert.pooler",
+                "text_encoder.cls",
+                "text_encoder.seq_relationship",
+            ]
+            if not (loss.use_mtc and self.cfg.mtc_features == "local"):
+                prefixes += LOCAL_TAP
+            if not loss.use_mtc:
+                prefixes += ["video_local_proj", "text_local_proj"]
+        else:
+            prefixes = [*LOCAL_TAP, "video_local_proj", "text_local_proj", "video_global_proj",
+                        "text_global_proj"]  # fmt: skip
+            if not loss.use_mlm:
+                prefixes.append("text_encoder.cls")
+        return parameters_under(self, prefixes)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -178,8 +240,7 @@ class LFVILA(LFVILABase):
         vf: VideoFeatures = self.video_encoder(video, with_local=local_tap)
         _, clips, video_pooled = self.pool(vf.final)
         text = self.encode_text(ids, mask)
-        video_feat = F.normalize(self.video_global_proj(video_pooled), dim=-1)
-        text_feat = F.normalize(self.text_global_proj(text.paragraph), dim=-1)
+        video_feat, text_feat = self.project_video(video_pooled), self.project_text(text.paragraph)
         vpc = contrastive_loss(
             video_feat, text_feat, loss_cfg.temperature, process_group=group, backend=backend
         )

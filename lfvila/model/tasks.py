@@ -14,7 +14,14 @@ from torch import nn
 from lfvila.kernels import contrastive_loss
 
 from ..config import ModelConfig
-from .pretrain import LFVILABase, VideoTokenPos, tokens_per_frame
+from .pretrain import (
+    LOCAL_TAP,
+    DualEncoderBase,
+    LFVILABase,
+    VideoTokenPos,
+    parameters_under,
+    tokens_per_frame,
+)
 from .text import (
     SentEmbedding,
     TextEncoder,
@@ -33,8 +40,9 @@ class TaskOutput:
     text_feat: torch.Tensor | None = None
 
 
-class LFVILAForRetrieval(LFVILABase):
-    """Stage-1 dual encoder trained with the global contrastive loss only (SPEC §9.1)."""
+class LFVILAForRetrieval(DualEncoderBase):
+    """Stage-1 dual encoder trained with the global contrastive loss only (SPEC §9.1); its
+    features are `video_features` / `text_features` (shared with `LFVILA`)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -46,16 +54,11 @@ class LFVILAForRetrieval(LFVILABase):
         self.sent_embedding = SentEmbedding(cfg.text)
         self._init_sent_embedding()
 
-    def video_features(self, video: torch.Tensor) -> torch.Tensor:
-        """video (B, 3, T, H, W) -> (B, P) L2-normalised."""
-        _, _, pooled = self.pool(self.video_encoder(video, with_local=False).final)
-        return F.normalize(self.video_global_proj(pooled), dim=-1)
-
-    def text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """ids, mask (B, M, L) -> (B, P) L2-normalised."""
-        return F.normalize(self.text_global_proj(self.encode_text(ids, mask).paragraph), dim=-1)
-
     kernel_backend = "auto"
+
+    def unused_parameters(self) -> set[str]:
+        """The clip-local tap and the pooler: held for the checkpoint layout only."""
+        return parameters_under(self, [*LOCAL_TAP, "text_encoder.bert.pooler"])
 
     def forward(self, video, text_ids, text_mask, process_group=None, backend=None) -> TaskOutput:
         v, t = self.video_features(video), self.text_features(text_ids, text_mask)
@@ -84,6 +87,10 @@ class _CrossModalTask(LFVILABase):
         tokens, _, _ = self.pool(self.video_encoder(video, with_local=False).final)
         return self.video_token_pos(tokens)  # (B, T·P, C)
 
+    def unused_parameters(self) -> set[str]:
+        """The clip-local tap (the video enters through the final map only)."""
+        return parameters_under(self, LOCAL_TAP)
+
     def cross(self, ids, mask, video_tokens):
         text = self.encode_text(ids, mask)
         tokens = torch.cat([text.paragraph_tokens, video_tokens], dim=1)
@@ -98,6 +105,13 @@ class LFVILAForMultipleChoiceQA(_CrossModalTask):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self._build(cfg, TextEncoderForMultichoice(cfg.text, cfg.text.num_hidden_layers))
+
+    def unused_parameters(self) -> set[str]:
+        """The tap, and `span_classifier` without `use_span_loss`."""
+        unused = super().unused_parameters()
+        if not self.cfg.loss.use_span_loss:
+            unused |= parameters_under(self, ["text_encoder.span_classifier"])
+        return unused
 
     def forward(self, video, text_ids, text_mask, answer=None, span_labels=None) -> TaskOutput:
         """video (B, 3, T, H, W); text_ids, text_mask (B, K, M, L); answer (B,) in [0, K);
@@ -167,6 +181,12 @@ class LFVILAForVideoClassification(nn.Module):
         self.video_global_proj = nn.Linear(dim, cfg.projection_dim)
         self.video_frame_proj = nn.Linear(dim, cfg.projection_dim)
         self.classifier = nn.Linear(cfg.projection_dim, cfg.num_classes)
+        # The original builds the projections and this classifier as plain nn.Linear outside any
+        # BERT module, so they keep PyTorch's default init (no N(0, 0.02)); so do we.
+
+    def unused_parameters(self) -> set[str]:
+        """The tap and `video_frame_proj` (computed by the original, but no loss reads it)."""
+        return parameters_under(self, [*LOCAL_TAP, "video_frame_proj"])
 
     def forward(self, video, labels=None) -> TaskOutput:
         """video (B, 3, T, H, W); labels (B,). Evaluation calls it without labels (Decision 4a)."""

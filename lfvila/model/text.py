@@ -50,6 +50,24 @@ def bert_config(cfg: TextEncoderConfig, num_layers: int):
     )
 
 
+def init_like_bert(module: nn.Module, std: float) -> None:
+    """BERT's `_init_weights` on a head: every Linear N(0, std²) with zero bias, LayerNorm 1 / 0.
+
+    The original builds its heads (`cls`, `seq_relationship`, `classifier`, `span_classifier`)
+    inside `BertPreTrainedModel` subclasses whose `post_init` applies this init to every
+    submodule; ours sit beside transformers' `BertModel`, whose own `post_init` does not reach
+    them, so they are initialised here (std = `initializer_range`, 0.02).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class SentEmbedding(nn.Module):
     """Paragraph position and sentence-segment embeddings added to the flattened sentences."""
 
@@ -84,12 +102,24 @@ class TextEncoder(nn.Module):
         self.cfg = cfg
         self.bert = BertModel(bert_config(cfg, num_layers), add_pooling_layer=True)
 
-    def _mask(self, hidden: torch.Tensor, mask: torch.Tensor):
-        from transformers.masking_utils import create_bidirectional_mask
+    def _mask(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention mask the layers take for a (N, S) 0/1 key mask.
 
-        return create_bidirectional_mask(
-            config=self.bert.config, inputs_embeds=hidden, attention_mask=mask
-        )
+        eager / sdpa: the original's additive mask (1 - mask) * -10000 of shape (N, 1, 1, S) in
+        the hidden states' dtype; both add it to the scores (eager: `scores + mask`; sdpa:
+        `attn_mask=` of F.scaled_dot_product_attention). A fully masked row (an absent sentence)
+        then shifts every score by the same -10000 and attends over all positions, as in the
+        original, whose padded sentences' [CLS] enter the paragraph mean (SPEC §15.2 #6); a
+        boolean mask would give such rows zeros under sdpa and disagree with eager.
+        flash_attention_2 takes only a 0/1 padding mask: all-zero rows become all ones, which is
+        the same softmax (a constant added to every score of a row cancels). Flash also returns
+        zeros at padded query positions where eager computes them; those are keys masked in every
+        later layer and never read by a loss, so the features agree.
+        """
+        if self.bert.config._attn_implementation == "flash_attention_2":
+            absent = ~mask.bool().any(dim=-1, keepdim=True)  # (N, 1)
+            return torch.where(absent, torch.ones_like(mask), mask)
+        return (1.0 - mask.to(hidden.dtype))[:, None, None, :] * -10000.0  # (N, 1, 1, S)
 
     def run_layers(
         self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int
@@ -124,7 +154,8 @@ class TextEncoder(nn.Module):
 
 class TextEncoderForPretraining(TextEncoder):
     """Adds the MLM head `cls` (decoder bias shared with `cls.predictions.bias`, decoder weight
-    not tied to the word embeddings) and the VTM head `seq_relationship`."""
+    not tied to the word embeddings) and the VTM head `seq_relationship`, both initialised as
+    BERT's `_init_weights` (`init_like_bert`), as in the original."""
 
     def __init__(self, cfg: TextEncoderConfig, num_layers: int):
         super().__init__(cfg, num_layers)
@@ -133,6 +164,8 @@ class TextEncoderForPretraining(TextEncoder):
         self.cls = BertOnlyMLMHead(self.bert.config)
         self.cls.predictions.decoder.bias = self.cls.predictions.bias
         self.seq_relationship = nn.Linear(cfg.hidden_size, 2)
+        init_like_bert(self.cls, self.bert.config.initializer_range)
+        init_like_bert(self.seq_relationship, self.bert.config.initializer_range)
 
 
 class TextEncoderForMultichoice(TextEncoder):
@@ -142,6 +175,8 @@ class TextEncoderForMultichoice(TextEncoder):
         super().__init__(cfg, num_layers)
         self.classifier = nn.Linear(cfg.hidden_size, 1)
         self.span_classifier = nn.Linear(cfg.hidden_size, 2)
+        init_like_bert(self.classifier, self.bert.config.initializer_range)
+        init_like_bert(self.span_classifier, self.bert.config.initializer_range)
 
 
 class TextEncoderForClassification(TextEncoder):
@@ -150,3 +185,4 @@ class TextEncoderForClassification(TextEncoder):
     def __init__(self, cfg: TextEncoderConfig, num_layers: int, num_classes: int):
         super().__init__(cfg, num_layers)
         self.classifier = nn.Linear(cfg.hidden_size, num_classes)
+        init_like_bert(self.classifier, self.bert.config.initializer_range)

@@ -125,50 +125,73 @@ def _run(model, cfg, batch=2):
     return model(video, labels=torch.arange(batch) % cfg.num_classes)
 
 
-# Parameters a model holds for checkpoint compatibility but does not use in this forward.
+# Parameters a model holds for checkpoint compatibility but its forward never reaches (frozen ones
+# included): the independent expectation for `unused_parameters()`.
+TAP = ("video_encoder.local_feat_proj", "video_encoder.norm_local")
+STAGE2_HEADS = ("text_encoder.bert.pooler", "text_encoder.cls", "text_encoder.seq_relationship")
+STAGE1_PROJ = ("video_global_proj", "text_global_proj")
+LOCAL_PROJ = ("video_local_proj", "text_local_proj")
 UNUSED = {
-    "pretrain-1": ("text_encoder.bert.pooler", "text_encoder.cls", "text_encoder.seq_relationship"),
-    "retrieval": (
-        "video_encoder.local_feat_proj",
-        "video_encoder.norm_local",
-        "text_encoder.bert.pooler",
-    ),
-    "multichoice_qa": ("video_encoder.local_feat_proj", "video_encoder.norm_local"),
-    "qa_classification": ("video_encoder.local_feat_proj", "video_encoder.norm_local"),
-    "video_classification": (
-        "video_encoder.local_feat_proj",
-        "video_encoder.norm_local",
-        "video_frame_proj",
-    ),
+    "pretrain-1": STAGE2_HEADS,
+    "pretrain-1-final": (*STAGE2_HEADS, *TAP),
+    "pretrain-1-no-mtc": (*STAGE2_HEADS, *TAP, *LOCAL_PROJ),
+    "pretrain-2": (*TAP, *LOCAL_PROJ, *STAGE1_PROJ),  # frozen; stage-1 features only
+    "pretrain-2-no-mlm": (*TAP, *LOCAL_PROJ, *STAGE1_PROJ, "text_encoder.cls"),
+    "retrieval": (*TAP, "text_encoder.bert.pooler"),
+    "multichoice_qa": TAP,
+    "multichoice_qa-no-span": (*TAP, "text_encoder.span_classifier"),
+    "qa_classification": TAP,
+    "video_classification": (*TAP, "video_frame_proj"),
 }
 TASKS = {
     "pretrain-1": ["model.stage=1"],
+    "pretrain-1-final": ["model.stage=1", "model.mtc_features=final"],
+    "pretrain-1-no-mtc": ["model.stage=1", "model.loss.use_mtc=false"],
     "pretrain-2": ["model.stage=2"],
+    "pretrain-2-no-mlm": ["model.stage=2", "model.loss.use_mlm=false"],
     "retrieval": ["model.task=retrieval"],
     "multichoice_qa": ["model.task=multichoice_qa"],
+    "multichoice_qa-no-span": ["model.task=multichoice_qa", "model.loss.use_span_loss=false"],
     "qa_classification": ["model.task=qa_classification", "model.num_classes=3"],
     "video_classification": ["model.task=video_classification", "model.num_classes=5"],
 }
 
 
+def _no_grad(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+
+
 @pytest.mark.parametrize("name", list(TASKS))
 def test_tiny_model_forward_backward(name):
+    """One training step's backward reaches every trainable parameter except exactly those
+    `unused_parameters()` names, which match the UNUSED table; frozen parameters get none. With
+    every parameter made trainable, the unreached ones are exactly `unused_parameters()` too
+    (this checks the frozen entries, stage 2's projections and tap)."""
     cfg = load_config(TINY, TASKS[name]).model
     torch.manual_seed(0)
     model = build_model(cfg).train()
+    unused = model.unused_parameters()
+    names = [n for n, _ in model.named_parameters()]
+    prefixes = UNUSED[name]
+    assert all(any(n.startswith(p + ".") for n in names) for p in prefixes), "table typo"
+    assert unused == {n for n in names if n.startswith(tuple(p + "." for p in prefixes))}
+
     out = _run(model, cfg)
     assert out.loss.dim() == 0 and math.isfinite(out.loss.item())
     out.loss.backward()
-    unused = UNUSED.get(name, ())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert _no_grad(model) == unused & trainable
     for param_name, p in model.named_parameters():
-        if param_name.startswith(unused):
-            continue
-        if p.requires_grad:
-            assert p.grad is not None and torch.isfinite(p.grad).all(), (
-                f"{param_name} got no gradient"
-            )
-        else:
+        if not p.requires_grad:
             assert p.grad is None, f"frozen {param_name} got a gradient"
+        elif p.grad is not None:
+            assert torch.isfinite(p.grad).all(), f"{param_name}: non-finite gradient"
+
+    for p in model.parameters():
+        p.grad = None
+        p.requires_grad_(True)
+    _run(model, cfg).loss.backward()
+    assert _no_grad(model) == unused
 
 
 def test_stage2_freezes_what_spec_lists_and_keeps_the_swin_in_eval():
@@ -200,8 +223,6 @@ def test_stage2_freezes_what_spec_lists_and_keeps_the_swin_in_eval():
     }
     assert heads <= trainable
     assert not model.video_encoder.training and model.text_encoder.training  # text dropout stays on
-    pooled = LFVILA(load_config(TINY, ["model.stage=2", "model.freeze_pooler=true"]).model)
-    assert not any(p.requires_grad for p in pooled.text_encoder.bert.pooler.parameters())
 
 
 def test_stage2_vtm_only_without_mlm():
@@ -286,6 +307,34 @@ def test_tiny_model_triton_backend_equals_reference():
             failures.append(f"{name}: {msg}")
     assert not failures, "\n".join(failures[:5])
     assert "video_encoder.layers.0.blocks.1.attn.relative_position_bias_table" in results["out"][1]
+
+
+def test_stage1_features_equal_the_forward_and_carry_to_stage2():
+    """`video_features` / `text_features` are the stage-1 forward's features; a stage-2 model
+    loaded with the stage-1 weights (the shared keys) gives the same ones."""
+    from lfvila.model.convert import load_weights
+
+    cfg1 = load_config(TINY).model
+    torch.manual_seed(0)
+    stage1 = LFVILA(cfg1).eval()
+    video, ids, mask = _inputs(cfg1)
+    ids[0, -1], mask[0, -1] = 0, 0  # an absent sentence
+    with torch.no_grad():
+        out = stage1(video, ids, mask, mtc_generator=torch.Generator().manual_seed(1))
+        v1, t1 = stage1.video_features(video), stage1.text_features(ids, mask)
+    assert v1.shape == (2, cfg1.projection_dim) and t1.shape == (2, cfg1.projection_dim)
+    torch.testing.assert_close(v1, out.video_feat, rtol=0, atol=0)
+    torch.testing.assert_close(t1, out.text_feat, rtol=0, atol=0)
+    torch.testing.assert_close(v1.norm(dim=-1), torch.ones(2))
+
+    torch.manual_seed(1)  # different random init, overwritten by the stage-1 weights
+    stage2 = LFVILA(load_config(TINY, ["model.stage=2"]).model).eval()
+    report = load_weights(stage2, stage1.state_dict(), strict=False)
+    assert not report.unexpected and not report.mismatched
+    with torch.no_grad():
+        v2, t2 = stage2.video_features(video), stage2.text_features(ids, mask)
+    torch.testing.assert_close(v2, v1, rtol=0, atol=0)
+    torch.testing.assert_close(t2, t1, rtol=0, atol=0)
 
 
 def test_model_copies_keep_shared_mlm_bias():
