@@ -47,7 +47,7 @@ def _run(root: pathlib.Path, out: pathlib.Path, backend: str) -> dict:
         ]
     else:
         config = ROOT / "configs" / "tiny.yaml"
-        steps, log_every = 6, 2
+        steps, log_every = 4, 2
         extra = ["train.batch_size=2", "data.workers=1"]
     cfg = load_config(
         config,

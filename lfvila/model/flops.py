@@ -62,9 +62,8 @@ def flops_per_sample(cfg: ModelConfig) -> float:
     video encoder with its tap, the sentence and paragraph layers and the projections)."""
     from .pretrain import tokens_per_frame
 
-    video = video_encoder_flops(
-        cfg, with_local=cfg.task == "pretrain" and cfg.mtc_features == "local"
-    )
+    tap = cfg.task == "pretrain" and cfg.stage == 1 and cfg.loss.use_mtc
+    video = video_encoder_flops(cfg, with_local=tap and cfg.mtc_features == "local")
     cross_tokens = cfg.video.num_frames * tokens_per_frame(cfg) if cfg.uses_cross_modal else 0
     text = text_flops(cfg, cross_tokens) if cfg.task != "video_classification" else 0.0
     proj = 2.0 * 4 * cfg.video.dims()[-1] * cfg.projection_dim

@@ -84,7 +84,8 @@ class RunLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+            purge = start_step + 1 if start_step else None  # drop what a stopped run logged later
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
         except Exception as exc:  # tensorboard missing or broken: the run goes on without it
             logger.warning("TensorBoard logging off (%s: %s)", type(exc).__name__, exc)
         if sys.stderr.isatty():

