@@ -54,11 +54,12 @@ def test_demo_is_deterministic_and_decodes(tmp_path, demo_data):
     }
     assert probe(a["video_root"] / "demo00000.mp4")["num_frames"] == 32
     # the whole video is its clips back to back (encoded separately: I- vs P-frames on a
-    # noisy texture differ by ~4.5 levels on average; another clip differs by far more)
+    # noisy texture differ by ~4 levels on average; another clip differs by far more, ~17 on
+    # the demo's low-contrast backgrounds)
     whole = read_frames(a["video_root"] / "demo00000.mp4", list(range(8, 16)), "pyav").float()
     same = read_frames(path, list(range(8)), "pyav").float()
     other = read_frames(path.with_name("demo00000.2.mp4"), list(range(8)), "pyav").float()
-    assert (whole - same).abs().mean() < 8 < 3 * 8 < (whole - other).abs().mean()
+    assert (whole - same).abs().mean() < 6 < 2 * 6 < (whole - other).abs().mean()
     retrieval = [json.loads(x) for x in b["retrieval_val"].read_text().splitlines()]
     assert retrieval == [
         {
