@@ -52,7 +52,7 @@ def _write_clips(root, codec: str, count: int, size: tuple[int, int]) -> list[st
     suffix = ".webm" if "vp" in codec else ".mp4"
     paths = []
     for i in range(count):
-        frames = clip_frames(rng, nprng, "red", "circle", "to the left", CLIP_FRAMES, *size)
+        frames = clip_frames(rng, nprng, "red", "circle", "moves up", CLIP_FRAMES, *size)
         path = root / f"clip{i}{suffix}"
         write_video(path, frames, FPS, codec=codec, fmt="rgb24")
         paths.append(str(path))
