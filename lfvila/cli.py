@@ -3,7 +3,8 @@
 Subcommands:
     pretrain         pre-train LF-VILA (stage 1 or 2) from a config (torchrun / deepspeed: many
                      processes)
-    evaluate         evaluate weights (zero-shot retrieval, pre-training validation)
+    finetune         fine-tune a downstream task: retrieval, QA or video classification
+    evaluate         evaluate weights with the task's metrics (retrieval, accuracy, validation)
     demo             the main job: pre-train a small LF-VILA on generated videos on the CPU and
                      show the retrieval it learned
     attention-check  fused vs reference window attention at a real LF-VILA layer shape
@@ -44,6 +45,20 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.output_dir) if args.output_dir else default_run_dir(args.config)
     result = pretrain(cfg, run_dir, args.resume, args.export_dtype, args.config, args.overrides)
+    if result.stopped_by is not None:
+        return 143 if result.stopped_by == "SIGTERM" else 130
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .run import default_run_dir, finetune
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.output_dir) if args.output_dir else default_run_dir(args.config)
+    result = finetune(
+        cfg, run_dir, args.weights, args.resume, args.export_dtype, args.config, args.overrides
+    )
     if result.stopped_by is not None:
         return 143 if result.stopped_by == "SIGTERM" else 130
     return 0
@@ -94,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train LF-VILA from a config")
     p.add_argument(
-        "--config", required=True, help="YAML config (e.g. configs/pretrain_stage1.yaml)"
+        "--config",
+        required=True,
+        action="append",
+        help="YAML config (e.g. configs/pretrain_stage1.yaml); repeat to merge overlays in order",
     )
     p.add_argument("--output-dir", help="run directory (default runs/<config stem>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -107,8 +125,40 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(p)
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("evaluate", help="evaluate weights (zero-shot retrieval, validation)")
-    p.add_argument("--config", required=True, help="YAML config of the model and its data")
+    p = sub.add_parser(
+        "finetune", help="fine-tune a downstream task (retrieval, QA, classification)"
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        help="task YAML (e.g. configs/actnet_ret.yaml); repeat to merge overlays in order",
+    )
+    p.add_argument(
+        "--weights",
+        help="pre-trained weights: a run directory, model.safetensors or an original LF-VILA "
+        "checkpoint (default: init.weights of the config)",
+    )
+    p.add_argument("--output-dir", help="run directory (default runs/<config stem>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument(
+        "--export-dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="dtype of the exported model.safetensors (default fp32)",
+    )
+    overrides(p)
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser(
+        "evaluate", help="evaluate weights (retrieval, QA or classification metrics of the task)"
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        help="YAML config of the model and its data; repeat to merge overlays in order",
+    )
     p.add_argument(
         "--weights",
         required=True,
@@ -136,7 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow options (`--config X a.b=1 --output-dir D c.d=2`): argparse
+    # leaves the later ones over; they join the overrides, anything else is an error.
+    later = [x for x in extra if "=" in x and not x.startswith("-")]
+    unknown = [x for x in extra if x not in later]
+    if unknown or (later and not hasattr(args, "overrides")):
+        parser.error("unrecognized arguments: " + " ".join(unknown or later))
+    if later:
+        args.overrides = [*args.overrides, *later]
     from .training.loop import TrainingError
 
     try:

@@ -217,14 +217,21 @@ class DataConfig:
 
     root: str = "."
     """Base folder of every relative data and init path (the original's `--blob_mount_dir`)."""
+    format: Literal[
+        "auto", "pretrain", "retrieval", "how2qa", "violin", "actnet_qa", "video_classification"
+    ] = "auto"
+    """Annotation format of `train`/`val` (SPEC §10.3); 'auto' follows model.task (QA as
+    classification must name 'violin' or 'actnet_qa')."""
     train: str = "datasets/lfvila_data/pretrain/train_db"
     """Training annotations: JSONL, or the original LMDB folder (pre-training)."""
     val: str | None = "datasets/lfvila_data/pretrain/val.jsonl"
-    """Pre-training validation JSONL (losses; stage 2 also MLM/VTM accuracy). null: none."""
+    """Validation JSONL: pre-training losses (stage 2 also MLM/VTM accuracy), or a fine-tuning
+    task's evaluation split. null: none."""
     val_retrieval: str | None = "datasets/lfvila_data/task/actnet/val_s.jsonl"
     """Zero-shot paragraph-to-video retrieval JSONL ({clip_id, text}). null: none."""
     video_root: str = "datasets/hdvila100m/video_clip_3fps"
-    """Pre-training clips: <video_root>/<youtube id>/<clip_id>."""
+    """Pre-training clips: <video_root>/<youtube id>/<clip_id>; fine-tuning: the task's videos,
+    <video_root>/<clip_id>.mp4."""
     retrieval_video_root: str = "datasets/activitynet/actnet_video"
     """Videos of `val_retrieval`: <retrieval_video_root>/<clip_id>.mp4."""
     vocab: str | None = None
@@ -348,7 +355,10 @@ class EvalConfig:
     before_training: bool = True
     """Evaluate once before the first step, as the original does."""
     metric: str = "auto"
-    """The headline metric ('auto': the task's, t2v R@1 for retrieval)."""
+    """The headline metric, whose best evaluation is exported to DIR/best: 'name' or
+    'evaluation/name' (e.g. 't2v_R@1', 'retrieval/t2v_MdR'; ranks are better lower, everything
+    else higher); 'auto': the task's (retrieval t2v_R@1, QA acc, classification top1; none for
+    pre-training); 'none': no best export."""
 
     def __post_init__(self):
         if self.batch_size < 0:
@@ -468,23 +478,37 @@ def config_from_dict(
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, mapping by mapping (a later file overrides single keys of a section)."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(
-    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
+    path: str | Path | list | tuple | None = None, overrides: tuple[str, ...] | list[str] = ()
 ) -> Config:
-    """Read a YAML config (None: the defaults) and apply `key=value` overrides."""
+    """Read a YAML config (None: the defaults) and apply `key=value` overrides. Several files
+    (a list) are merged in order, each over the ones before (e.g. a task config, then an
+    overlay such as configs/demo_finetune.yaml)."""
+    paths = [] if path is None else list(path) if isinstance(path, (list, tuple)) else [path]
     data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+    for one in paths:
+        one = Path(one)
+        if not one.is_file():
+            raise ConfigError(f"{one}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            part = yaml.safe_load(one.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        source = str(path)
+            raise ConfigError(f"{one}: not valid YAML: {exc}") from None
+        if not isinstance(part, dict):
+            raise ConfigError(f"{one}: the top level must be a mapping")
+        data = _merge(data, part)
+    source = " + ".join(str(p) for p in paths) if paths else "<defaults>"
     return config_from_dict(data, overrides, source)
 
 

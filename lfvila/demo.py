@@ -19,7 +19,7 @@ from .config import load_config
 logger = logging.getLogger("lfvila")
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-DATA_VERSION = "v3"  # bump when lfvila.data.demo.generate changes its output
+DATA_VERSION = "v4"  # bump when lfvila.data.demo.generate changes its output
 MARKER = ".lfvila-demo"
 TRAIN_VIDEOS = int(os.environ.get("LFVILA_DEMO_VIDEOS", 480))
 """Training videos of the demo data (the tests generate fewer)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import shlex
 import time
@@ -52,8 +53,16 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_run_dir(config_path: str | Path | None, name: str = "run") -> Path:
-    return Path("runs") / (Path(config_path).stem if config_path else name)
+def _config_paths(config_path) -> list:
+    if config_path is None:
+        return []
+    return list(config_path) if isinstance(config_path, (list, tuple)) else [config_path]
+
+
+def default_run_dir(config_path, name: str = "run") -> Path:
+    """runs/<stem of the (first) config>."""
+    paths = _config_paths(config_path)
+    return Path("runs") / (Path(paths[0]).stem if paths else name)
 
 
 def build_initialised_model(cfg: Config, log: bool = True):
@@ -74,7 +83,15 @@ def build_initialised_model(cfg: Config, log: bool = True):
 
 
 def _summary(report, part: str, shown: int = 6) -> str:
-    """One line of a LoadReport; for BERT only the text encoder's keys count as missing."""
+    """One line of a LoadReport (or TransferReport); for BERT only the text encoder's keys count
+    as missing."""
+    extra = ""
+    if hasattr(report, "dropped"):
+        if report.dropped:
+            extra += f"; {len(report.dropped)} pre-training-only tensors left out"
+        if report.new:
+            extra += "; new heads: " + ", ".join(sorted({k.rsplit(".", 1)[0] for k in report.new}))
+        report = report.report
     missing = report.missing
     if part == "bert":
         missing = [k for k in missing if k.startswith("text_encoder.bert.")]
@@ -87,7 +104,7 @@ def _summary(report, part: str, shown: int = 6) -> str:
         if keys:
             more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
             text += f"; {label}: " + ", ".join(keys[:shown]) + more
-    return text
+    return text + extra
 
 
 def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
@@ -101,12 +118,14 @@ def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def resume_command(config_path, run_dir: Path, overrides, world: World) -> str:
-    parts = ["lfvila", "pretrain"]
+def resume_command(
+    config_path, run_dir: Path, overrides, world: World, command: str = "pretrain"
+) -> str:
+    parts = ["lfvila", command]
     if world.distributed:
-        parts = ["torchrun", f"--nproc_per_node={world.world_size}", "-m", "lfvila", "pretrain"]
-    if config_path:
-        parts += ["--config", str(config_path)]
+        parts = ["torchrun", f"--nproc_per_node={world.world_size}", "-m", "lfvila", command]
+    for path in _config_paths(config_path):
+        parts += ["--config", str(path)]
     parts += ["--output-dir", str(run_dir), "--resume", *overrides]
     return shlex.join(parts)
 
@@ -119,11 +138,18 @@ def pretrain(
     config_path: str | Path | None = None,
     overrides: tuple[str, ...] = (),
     on_eval=None,
+    command: str = "pretrain",
 ) -> RunResult:
-    """Pre-train (or any task the loop trains) as `cfg` says, writing into `run_dir`:
-    config.yaml, checkpoints/, metrics.jsonl, tb/, log.txt, model.safetensors, metrics.json."""
-    from .tasks import build_task
+    """Train `cfg`'s task (pre-training, or a fine-tuning task: see `finetune`) as `cfg` says,
+    writing into `run_dir`: config.yaml, checkpoints/, metrics.jsonl, tb/, log.txt,
+    model.safetensors, metrics.json, and best/ (model.safetensors, config.yaml, metrics.json of
+    the best evaluation by eval.metric)."""
+    from .tasks import build_task, headline_metric
 
+    if command == "pretrain" and cfg.model.task != "pretrain":
+        raise ValueError(
+            f"model.task is {cfg.model.task!r}: use `lfvila finetune` for downstream tasks"
+        )
     start = time.time()
     run_dir = Path(run_dir)
     world = World.from_env(cfg.train.device)
@@ -218,10 +244,17 @@ def pretrain(
             max_nonfinite=cfg.train.max_nonfinite,
             eval_before=cfg.eval.before_training,
             config_text=config_text,
-            resume_hint=resume_command(config_path, run_dir, overrides, world),
+            resume_hint=resume_command(config_path, run_dir, overrides, world, command),
             flops_per_sample=flops_per_sample(cfg.model),
             peak_flops=peak,
+            headline=headline_metric(cfg, evaluations),
         )
+
+        def export_best(weights: dict, step: int, results: dict) -> None:
+            if world.is_main:
+                _export_best(cfg, engine, weights, run_dir, export_dtype, step, results, settings)
+
+        settings.on_best = export_best
         ctx = StepContext(world, world.group, mtc_generator)
         history = []
 
@@ -285,6 +318,24 @@ def _export(cfg, engine, weights: dict, run_dir: Path, dtype: str) -> None:
     save_pretrained(module, cfg, run_dir, dtype=DTYPES[dtype])
 
 
+def _export_best(cfg, engine, weights, run_dir: Path, dtype, step, results, settings) -> None:
+    """run_dir/best/{model.safetensors, config.yaml, metrics.json}, replaced as a whole: written
+    into a temporary folder first, so that a crash leaves the previous best intact."""
+    import shutil
+
+    best, tmp, old = run_dir / "best", run_dir / ".best.tmp", run_dir / ".best.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _export(cfg, engine, weights, tmp, dtype)
+    name, metric, _ = settings.headline
+    header = {"step": step, "metric": f"{name}/{metric}", "value": results[name][metric]}
+    (tmp / "metrics.json").write_text(json.dumps({**header, **results}, indent=1) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _failure_summary(loader, world: World) -> str:
     from .data import FAILURE_KINDS
 
@@ -297,18 +348,51 @@ def _failure_summary(loader, world: World) -> str:
     return f"videos replaced: {total} ({parts})"
 
 
-def load_weights_any(model, path: str | Path, strict: bool = True):
+def load_weights_any(model, path: str | Path, strict: bool = True, allow_new_heads: bool = False):
     """A run directory (model.safetensors), our .safetensors, or an original-layout LF-VILA
-    checkpoint (.bin/.pth/.pt, `module.` prefix allowed) into `model`; returns the report."""
-    from .model.convert import from_original, load_weights, read_checkpoint
+    checkpoint (.bin/.pth/.pt, `module.` prefix allowed) into `model`; returns the report. A
+    task model takes pre-training weights less the heads it has no use for
+    (`lfvila.model.convert.load_task_weights`); its own heads must be in the file unless
+    `allow_new_heads`."""
+    from .model.convert import from_original, load_task_weights, load_weights, read_checkpoint
 
     path = Path(path)
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"--weights: {path} holds no model.safetensors")
         path = path / "model.safetensors"
-    state = read_checkpoint(path)
-    return load_weights(model, from_original(state), strict=strict)
+    state = from_original(read_checkpoint(path))
+    if getattr(getattr(model, "cfg", None), "task", "pretrain") == "pretrain":
+        return load_weights(model, state, strict=strict)
+    return load_task_weights(model, state, strict=strict, allow_new_heads=allow_new_heads)
+
+
+def finetune(
+    cfg: Config,
+    run_dir: str | Path,
+    weights: str | Path | None = None,
+    resume: bool = False,
+    export_dtype: str = "fp32",
+    config_path: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
+    on_eval=None,
+) -> RunResult:
+    """Fine-tune `cfg`'s downstream task from `weights` (a pre-training or task run directory,
+    a model.safetensors, or an original LF-VILA checkpoint; None: init.weights, or random
+    weights when that is null), with every pre-training feature of the loop; the best
+    evaluation by eval.metric goes to run_dir/best."""
+    if cfg.model.task == "pretrain":
+        raise ValueError("model.task is 'pretrain': use `lfvila pretrain` for pre-training")
+    if weights is not None:
+        path = Path(weights).expanduser().resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"--weights: {weights} not found")
+        cfg = dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, weights=str(path)))
+    if cfg.init.weights is None and not resume:
+        logger.warning("fine-tuning from random weights (no --weights, init.weights is null)")
+    return pretrain(
+        cfg, run_dir, resume, export_dtype, config_path, overrides, on_eval, command="finetune"
+    )
 
 
 def evaluate_weights(cfg: Config, weights: str | Path, run_dir: str | Path) -> dict:
@@ -326,7 +410,7 @@ def evaluate_weights(cfg: Config, weights: str | Path, run_dir: str | Path) -> d
             raise ValueError("nothing to evaluate: set data.val_retrieval and/or data.val")
         model = build_model(cfg)
         report = load_weights_any(model, weights, strict=True)
-        logger.info("weights %s: %s", weights, report)
+        logger.info("weights %s: %s", weights, _summary(report, "weights"))
 
         ctx = StepContext(world, None, torch.Generator().manual_seed(cfg.train.seed))
         results = evaluate(InferenceEngine(model, world), evaluations, ctx)

@@ -107,7 +107,40 @@ def _validate_record(record, task: str, where: str) -> dict:
         raise AnnotationError(
             f"{where}: field 'answer_idx' {record['answer_idx']} is not an index of text_a"
         )
+    if task == "how2qa":
+        _check_span_values(record["span"], where)
     return record
+
+
+# the class-id field of each classification task (`num_classes` in read_jsonl)
+CLASS_FIELDS = {"violin": "answer", "actnet_qa": "answer", "video_classification": "recipe_type"}
+
+
+def _check_span_values(span: list, where: str) -> None:
+    """No negative time; start <= end when both are numbers (NaN / null: the whole video)."""
+    numbers = [v for v in span if v is not None and not math.isnan(v)]
+    if any(v < 0 for v in numbers):
+        raise AnnotationError(f"{where}: field 'span' {span!r} has a negative time")
+    if len(numbers) == 2 and span[0] > span[1]:
+        raise AnnotationError(f"{where}: field 'span' {span!r} starts after it ends")
+
+
+def _check_task(record: dict, task: str, where: str, num_classes, num_candidates) -> None:
+    """What the model needs of a valid record: class ids in [0, num_classes), exactly
+    num_candidates answers (None: not checked)."""
+    field = CLASS_FIELDS.get(task)
+    if num_classes is not None and field is not None:
+        value = record[field]
+        if not 0 <= value < num_classes:
+            raise AnnotationError(
+                f"{where}: field '{field}' {value} is not a class id in [0, {num_classes})"
+            )
+    if num_candidates is not None and task == "how2qa":
+        n = len(record["text_a"])
+        if n != num_candidates:
+            raise AnnotationError(
+                f"{where}: field 'text_a' has {n} answers, the model takes {num_candidates}"
+            )
 
 
 def validate_pretrain(record, where: str, min_clips: int = 1) -> list[dict]:
@@ -127,10 +160,24 @@ def validate_pretrain(record, where: str, min_clips: int = 1) -> list[dict]:
     return record
 
 
-def read_jsonl(path: str | os.PathLike, task: str) -> list:
-    """Read and validate a task's JSONL file (`task`: one of SCHEMAS, or "pretrain")."""
+def read_jsonl(
+    path: str | os.PathLike,
+    task: str,
+    num_classes: int | None = None,
+    num_candidates: int | None = None,
+) -> list:
+    """Read and validate a task's JSONL file (`task`: one of SCHEMAS, or "pretrain").
+
+    Validated against the model too when given: num_classes, the class ids of 'violin' and
+    'actnet_qa' (`answer`) and 'video_classification' (`recipe_type`) must lie in
+    [0, num_classes) (cross-entropy would silently skip -100 and fail on the GPU for ids past
+    the end); num_candidates, the number of 'how2qa' answers (`text_a`), exactly.
+    """
     if task not in SCHEMAS and task != "pretrain":
         raise ValueError(f"task must be one of {sorted(SCHEMAS) + ['pretrain']}, got {task!r}")
+    for name, value in (("num_classes", num_classes), ("num_candidates", num_candidates)):
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
@@ -146,11 +193,13 @@ def read_jsonl(path: str | os.PathLike, task: str) -> list:
                 raise AnnotationError(
                     f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
                 ) from None
-            records.append(
-                validate_pretrain(record, where)
-                if task == "pretrain"
-                else _validate_record(record, task, where)
-            )
+            if task == "pretrain":
+                records.append(validate_pretrain(record, where))
+            else:
+                _check_task(
+                    _validate_record(record, task, where), task, where, num_classes, num_candidates
+                )
+                records.append(record)
     if not records:
         raise AnnotationError(f"{path}: no records")
     return records

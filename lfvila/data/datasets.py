@@ -296,9 +296,43 @@ class RetrievalDataset(VideoTextDataset):
         return self.encode([text] if isinstance(text, str) else text, rng_seed=rng.randrange(2**31))
 
 
+def how2qa_span_labels(
+    start: float | None, end: float | None, num_frames_in_file: int, bins: int
+) -> torch.Tensor:
+    """Per-bin labels of How2QA's temporal span loss, exactly the original's
+    `get_temporal_loss_label` (SPEC §9.2): (bins,) int64, 1 inside the answer's span.
+
+    The file is taken to be 3 fps, so it lasts total = num_frames_in_file / 3 seconds. With
+    both ends numbers, s = clamp(start / total, 0, 1) and e = clamp(end / total, 0, 1); else
+    (NaN or None) s, e = 0, 1. Bins b_s = round(s·bins), b_e = round(e·bins) with Python's
+    round (half to even), then b_s = clamp(b_s, 0, bins - 1) and b_e = clamp(b_e, b_s + 1, bins):
+    bins b_s..b_e-1 are positive, at least one always. The labels cut the file's duration into
+    `bins` equal parts whatever frames were sampled from it.
+    """
+    if num_frames_in_file < 1 or bins < 1:
+        raise ValueError(
+            f"num_frames_in_file and bins must be >= 1, got {num_frames_in_file} and {bins}"
+        )
+
+    def number(v) -> bool:
+        return v is not None and v == v
+
+    total = num_frames_in_file / How2QADataset.FPS
+    if number(start) and number(end):
+        s, e = min(max(start / total, 0.0), 1.0), min(max(end / total, 0.0), 1.0)
+    else:
+        s, e = 0.0, 1.0
+    b_s = min(max(round(s * bins), 0), bins - 1)
+    b_e = min(max(round(e * bins), b_s + 1), bins)
+    labels = torch.zeros(bins, dtype=torch.long)
+    labels[b_s:b_e] = 1
+    return labels
+
+
 class How2QADataset(RetrievalDataset):
-    """How2QA (SPEC §9.2): K candidate paragraphs [question, answer_k, 6 subtitles] and per-frame
-    span labels (the span in seconds at 3 fps; NaN: the whole video)."""
+    """How2QA (SPEC §9.2): K candidate paragraphs [question, answer_k, 6 subtitles] and
+    `span_labels` (T,) from `how2qa_span_labels` (the span in seconds over the file's frame
+    count at an assumed 3 fps; NaN: the whole video), T = `num_frames`."""
 
     FPS = 3.0
 
@@ -308,12 +342,8 @@ class How2QADataset(RetrievalDataset):
             r["text_q"], r["text_a"], r["text_s"], self.opt.max_sentences - 2
         )
         encoded = [self.encode(p) for p in paragraphs]
-        start, end = (float("nan") if v is None else float(v) for v in r["span"])
-        times = torch.tensor(plan.files[0][1], dtype=torch.float64) / self.FPS
-        if start != start or end != end:  # NaN: the whole video
-            span = torch.ones(len(times), dtype=torch.long)
-        else:
-            span = ((times >= start) & (times <= end)).long()
+        path = plan.files[0][0]
+        span = how2qa_span_labels(*r["span"], self.num_frames(path), self.opt.num_frames)
         return {
             "text_ids": torch.stack([e["text_ids"] for e in encoded]),
             "text_mask": torch.stack([e["text_mask"] for e in encoded]),
@@ -372,12 +402,16 @@ def build_dataset(
     train: bool,
     options: DataOptions | None = None,
     seed: int = 0,
+    num_classes: int | None = None,
+    num_candidates: int | None = None,
 ) -> VideoTextDataset:
-    """Read and validate `annotations` (JSONL) and wrap them in the dataset class of `kind`."""
+    """Read and validate `annotations` (JSONL) and wrap them in the dataset class of `kind`.
+    num_classes / num_candidates: the model's, checked against every record (`read_jsonl`)."""
     if kind not in DATASETS:
         raise ValueError(f"dataset kind must be one of {sorted(DATASETS)}, got {kind!r}")
     cls, schema = DATASETS[kind]
-    return cls(read_jsonl(annotations, schema), video_root, train, options or DataOptions(), seed)
+    records = read_jsonl(annotations, schema, num_classes, num_candidates)
+    return cls(records, video_root, train, options or DataOptions(), seed)
 
 
 class ExactDistributedSampler(Sampler):

@@ -11,12 +11,36 @@ Layout under `root` (the standard JSONL + video-file layout of `lfvila.data.data
     whole/<vid>.mp4                   the clips back to back (retrieval reads whole videos)
     pretrain_train.jsonl, pretrain_val.jsonl   lists of {clip_id, text} per line
     retrieval_train.jsonl, retrieval_val.jsonl {clip_id, text: [sentences]} per line
+    datasets/lfvila_data/task/        every downstream task's annotations (SPEC §10.3, the
+                                      original names; train split from the training videos,
+                                      eval split from the held-out ones):
+        actnet/{train,val1}.jsonl, didemo/{train,test}.jsonl, querydret/{train,test}.jsonl
+                                      retrieval: {clip_id, text: [sentences]}
+        cmovie/{train,val}.jsonl      retrieval: {clip_id, text: "sentence, sentence, ..."}
+        how2qa/how2qa_{train,val}.jsonl   "what does the red circle do in part 2?", the 4
+                                      motions as candidates, the asked clip's span, subtitles
+                                      "part 1".."part 4" (which do not reveal the answer)
+        violin/violin_{train,test}.jsonl  "in part 2 a red circle grows": true (1) or with
+                                      another motion (0), about half each
+        actnet_qa/{train,test}.jsonl  "what colour is the shape in part 2?" / "what shape is in
+                                      part 2?"; answer = index into ANSWERS (colours, shapes)
+        COIN/coin_{train,test}.jsonl  recipe_type = colour * 3 + shape of clip 0 (12 of 180)
+        LVU_movieclips/{relationship,scene,wayspeaking}_{train,test}.jsonl
+                                      recipe_type = motion (< 4), colour (< 6), shape (< 5)
+                                      of clip 0
+    datasets/activitynet/actnet_video, didemo/didemo_video, queryd/queryd_video,
+    cmovie/cmovie_video, how2qa/how2qa_video, violin/violin_video, COIN/coin_video,
+    LVU_movieclips/lvu_video          relative symlinks to whole/ (the folders the task configs
+                                      name; relative, so the tree can be moved)
+The task annotations draw from their own random.Random(seed + 1) after the videos are written,
+so the videos and the pre-training files do not depend on them.
 """
 
 from __future__ import annotations
 
 import fractions
 import json
+import os
 import random
 from pathlib import Path
 
@@ -32,6 +56,8 @@ SHAPES = ("circle", "square", "triangle")
 # (vertical direction, growth) of each motion. No left/right: training flips frames horizontally
 # (SPEC §10.2, kept), which would turn half of "moves to the left" into a rightward motion.
 MOTIONS = {"moves up": (-1, 0), "moves down": (1, 0), "grows": (0, 1), "shrinks": (0, -1)}
+# ActivityNet-QA answer vocabulary of the demo: class index = position (colours, then shapes)
+ANSWERS = list(COLORS) + list(SHAPES)
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -161,13 +187,15 @@ def generate(
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)
     splits = {"train": [], "val": []}
+    clip_labels = {"train": [], "val": []}
     for v in tqdm(range(videos + val_videos), desc="demo videos", disable=not progress):
         vid = f"demo{v:05d}"
         split = "train" if v < videos else "val"
-        sentences, all_frames, items = [], [], []
+        sentences, all_frames, items, labels = [], [], [], []
         for k in range(clips):
             color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
             motion = rng.choice(list(MOTIONS))
+            labels.append((color, shape, motion))
             rgb = clip_frames(rng, nprng, color, shape, motion, frames_per_clip, *size)
             frames = [rgb_to_yuv420p(f) for f in rgb]
             clip_id = f"{vid}.{k}.mp4"
@@ -178,6 +206,7 @@ def generate(
             all_frames += frames
         write_video(root / "whole" / f"{vid}.mp4", all_frames, fps)
         splits[split].append((vid, items, sentences))
+        clip_labels[split].append((vid, labels, sentences))
     files = {}
     for split, rows in splits.items():
         pre, ret = root / f"pretrain_{split}.jsonl", root / f"retrieval_{split}.jsonl"
@@ -187,7 +216,105 @@ def generate(
         )
         files[f"pretrain_{split}"], files[f"retrieval_{split}"] = pre, ret
     files["clip_root"], files["video_root"] = root / "videos", root / "whole"
+    seconds = frames_per_clip / fps
+    files["tasks"] = write_tasks(root, clip_labels["train"], clip_labels["val"], seconds, seed + 1)
+    files["task_root"] = root
     return files
+
+
+# name (the config's stem) -> (schema, annotation folder, train file, eval file, video folder)
+TASKS = {
+    "actnet_ret": ("retrieval", "actnet", "train", "val1", "activitynet/actnet_video"),
+    "didemo_ret": ("retrieval", "didemo", "train", "test", "didemo/didemo_video"),
+    "queryd_ret": ("retrieval", "querydret", "train", "test", "queryd/queryd_video"),
+    "cmovie_ret": ("retrieval", "cmovie", "train", "val", "cmovie/cmovie_video"),
+    "how2_qa": ("how2qa", "how2qa", "how2qa_train", "how2qa_val", "how2qa/how2qa_video"),
+    "violin_qa": ("violin", "violin", "violin_train", "violin_test", "violin/violin_video"),
+    "actnet_qa": ("actnet_qa", "actnet_qa", "train", "test", "activitynet/actnet_video"),
+    "coin_cls": ("video_classification", "COIN", "coin_train", "coin_test", "COIN/coin_video"),
+    **{
+        f"lvu_{name}_cls": (
+            "video_classification",
+            "LVU_movieclips",
+            f"{name}_train",
+            f"{name}_test",
+            "LVU_movieclips/lvu_video",
+        )
+        for name in ("relationship", "scene", "wayspeaking")
+    },
+}
+
+
+def _task_record(name: str, rng: random.Random, vid: str, labels: list, sentences: list, sec):
+    """One annotation record of task `name` for a video with clips `labels` [(colour, shape,
+    motion)] and `sentences`; `sec` = seconds per clip."""
+    color0, shape0, motion0 = labels[0]
+    subtitles = [
+        {"text": f"part {j + 1}", "start": j * sec, "end": (j + 1) * sec}
+        for j in range(len(labels))
+    ]
+    if name == "cmovie_ret":
+        return {"clip_id": vid, "text": ", ".join(sentences)}
+    if name.endswith("_ret"):
+        return {"clip_id": vid, "text": list(sentences)}
+    if name == "how2_qa":
+        k = rng.randrange(len(labels))
+        color, shape, motion = labels[k]
+        candidates = rng.sample(list(MOTIONS), len(MOTIONS))
+        return {
+            "clip_id": vid,
+            "span": [k * sec, (k + 1) * sec],
+            "text_q": f"what does the {color} {shape} do in part {k + 1}?",
+            "text_a": candidates,
+            "text_s": subtitles,
+            "answer_idx": candidates.index(motion),
+        }
+    if name == "violin_qa":
+        k = rng.randrange(len(labels))
+        color, shape, motion = labels[k]
+        answer = int(rng.random() < 0.5)
+        if not answer:
+            motion = rng.choice([m for m in MOTIONS if m != motion])
+        statement = f"in part {k + 1} a {color} {shape} {motion}"
+        return {"clip_id": vid, "text_q": statement, "text_s": subtitles, "answer": answer}
+    if name == "actnet_qa":
+        k = rng.randrange(len(labels))
+        color, shape, _ = labels[k]
+        if rng.random() < 0.5:
+            question, answer = f"what colour is the shape in part {k + 1}?", ANSWERS.index(color)
+        else:
+            question, answer = f"what shape is in part {k + 1}?", ANSWERS.index(shape)
+        return {"video_name": vid, "question": question, "answer": answer}
+    label = {
+        "coin_cls": list(COLORS).index(color0) * len(SHAPES) + SHAPES.index(shape0),
+        "lvu_relationship_cls": list(MOTIONS).index(motion0),
+        "lvu_scene_cls": list(COLORS).index(color0),
+        "lvu_wayspeaking_cls": SHAPES.index(shape0),
+    }[name]
+    return {"video_id": vid, "recipe_type": label}
+
+
+def write_tasks(root: Path, train: list, held_out: list, sec: float, seed: int) -> dict:
+    """Every downstream task's annotation files and video-folder symlinks under `root` (module
+    docstring) from (vid, clip labels, sentences) rows; returns {task: {schema, train, eval,
+    video_root}}. Draws from its own random.Random(seed), task by task, train then eval."""
+    rng = random.Random(seed)
+    ann_root, out = root / "datasets" / "lfvila_data" / "task", {}
+    for name, (schema, folder, train_name, eval_name, video_folder) in TASKS.items():
+        entry = {"schema": schema}
+        for split, rows, stem in (("train", train, train_name), ("eval", held_out, eval_name)):
+            path = ann_root / folder / f"{stem}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            records = [_task_record(name, rng, vid, *rest, sec) for vid, *rest in rows]
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            entry[split] = path
+        link = root / "datasets" / video_folder
+        if not link.is_symlink():  # shared by actnet_ret and actnet_qa; kept on a re-run
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(root / "whole", link.parent), link)
+        entry["video_root"] = link
+        out[name] = entry
+    return out
 
 
 def main(argv=None) -> None:
@@ -203,7 +330,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     files = generate(args.root, args.videos, args.val_videos, seed=args.seed, progress=True)
     for name, path in files.items():
-        print(f"{name}: {path}")
+        if name != "tasks":
+            print(f"{name}: {path}")
+    for name, entry in files["tasks"].items():
+        print(f"{name}: {entry['train']}, {entry['eval']}, videos {entry['video_root']}")
 
 
 if __name__ == "__main__":

@@ -265,6 +265,90 @@ def to_original(state_dict: dict, dtype: torch.dtype | None = torch.float16) -> 
     return out
 
 
+# What moves from pre-training weights into a task model (SPEC §9, §13.3), per `model.task`:
+# (keys of pre-training heads the task model leaves behind, the task's new heads). Prefixes.
+_PRETRAINING_HEADS = ("text_encoder.cls.", "text_encoder.seq_relationship.")
+_CLIP_PROJECTIONS = ("video_local_proj.", "text_local_proj.")
+TRANSFER: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "retrieval": (_PRETRAINING_HEADS + _CLIP_PROJECTIONS, ()),
+    "multichoice_qa": (
+        _PRETRAINING_HEADS + _CLIP_PROJECTIONS + ("video_global_proj.", "text_global_proj."),
+        ("text_encoder.classifier.", "text_encoder.span_classifier."),
+    ),
+    "qa_classification": (
+        _PRETRAINING_HEADS + _CLIP_PROJECTIONS + ("video_global_proj.", "text_global_proj."),
+        ("text_encoder.classifier.",),
+    ),
+    "video_classification": (
+        ("text_encoder.", "sent_embedding.", "text_global_proj.") + _CLIP_PROJECTIONS,
+        ("classifier.", "video_frame_proj."),
+    ),
+}
+
+
+@dataclasses.dataclass
+class TransferReport:
+    """`load_weights`' report with the expected differences of a pre-training -> task transfer
+    taken out: `dropped` (pre-training heads the task has no use for) and `new` (task heads
+    that start from their initialisation)."""
+
+    report: LoadReport
+    dropped: list[str]
+    new: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def __str__(self) -> str:
+        lines = [str(self.report)]
+        if self.dropped:
+            lines.append(
+                f"left out, pre-training only ({len(self.dropped)}): " + _brief(self.dropped)
+            )
+        if self.new:
+            lines.append(f"new, initialised here ({len(self.new)}): " + ", ".join(self.new))
+        return "\n".join(lines)
+
+
+def _brief(keys: list[str], shown: int = 8) -> str:
+    heads = sorted({k.split(".")[0] + ("." + k.split(".")[1] if "." in k else "") for k in keys})
+    return ", ".join(h + ".*" for h in heads[:shown]) + (" ..." if len(heads) > shown else "")
+
+
+def load_task_weights(
+    model: nn.Module, state_dict: dict, strict: bool = True, allow_new_heads: bool = True
+) -> TransferReport:
+    """Load LF-VILA weights (our layout: pre-training or a task model) into `model`, a model of
+    `model.cfg.task`. The pre-training heads that task does not have are left out and its new
+    heads keep their initialisation (`TRANSFER`); anything else missing, unexpected or of
+    another shape raises under `strict` (e.g. stage-1 weights into a QA model, which needs the
+    cross-modal layers of stage 2). `allow_new_heads=False` (evaluation) also requires the
+    task's heads."""
+    task = getattr(getattr(model, "cfg", None), "task", "pretrain")
+    dropped_prefixes, new_prefixes = TRANSFER.get(task, ((), ()))
+    if not allow_new_heads:
+        new_prefixes = ()
+    report = load_weights(model, state_dict, strict=False)
+    dropped = [k for k in report.unexpected if k.startswith(dropped_prefixes)]
+    new = [k for k in report.missing if k.startswith(new_prefixes)]
+    rest = LoadReport(
+        [k for k in report.missing if k not in new],
+        [k for k in report.unexpected if k not in dropped],
+        report.mismatched,
+        report.loaded,
+    )
+    out = TransferReport(rest, dropped, new)
+    if strict and not rest.ok:
+        hint = ""
+        if not allow_new_heads and any(
+            k.startswith(TRANSFER.get(task, ((), ()))[1]) for k in rest.missing
+        ):
+            hint = "\n(the weights lack this task's heads: fine-tune them first, `lfvila finetune`)"
+        raise ValueError(f"weights do not match the {task} model:\n{rest}{hint}")
+    return out
+
+
 def initialise(
     model: nn.Module,
     swin: str | Path | None = None,
@@ -277,7 +361,8 @@ def initialise(
     an LF-VILA checkpoint over everything it holds. Returns one report per file given.
 
     `strict` raises unless each file's keys cover its part exactly (the LF-VILA file: the whole
-    model). Nothing is downloaded.
+    model; for a task model less the pre-training heads it leaves behind and plus its new heads,
+    `load_task_weights`). Nothing is downloaded.
     """
     reports = {}
     if swin is not None:
@@ -285,15 +370,23 @@ def initialise(
         inflated = inflate_swin_2d(read_checkpoint(swin), video_encoder.cfg)
         reports["swin"] = load_weights(video_encoder, inflated, strict=strict)
     if bert is not None:
-        text_encoder = model.text_encoder
-        converted = convert_bert(read_checkpoint(bert), len(text_encoder.bert.encoder.layer))
+        text_encoder = getattr(model, "text_encoder", None)
+        if text_encoder is None:
+            raise ValueError(f"init.bert: the {type(model).__name__} model has no text encoder")
+        converted = convert_bert(
+            read_checkpoint(bert),
+            len(text_encoder.bert.encoder.layer),
+            with_mlm_head=hasattr(text_encoder, "cls"),
+        )
         report = load_weights(model, converted)
         bert_missing = [k for k in report.missing if k.startswith("text_encoder.bert.")]
         if strict and (bert_missing or report.unexpected or report.mismatched):
             raise ValueError(f"{bert}: BERT checkpoint does not match text_encoder:\n{report}")
         reports["bert"] = report
     if lfvila is not None:
-        reports["lfvila"] = load_weights(
-            model, from_original(read_checkpoint(lfvila)), strict=strict
-        )
+        state = from_original(read_checkpoint(lfvila))
+        if getattr(getattr(model, "cfg", None), "task", "pretrain") == "pretrain":
+            reports["lfvila"] = load_weights(model, state, strict=strict)
+        else:
+            reports["lfvila"] = load_task_weights(model, state, strict=strict)
     return reports

@@ -139,8 +139,13 @@ class LFVILAForMultipleChoiceQA(_CrossModalTask):
 
 
 def span_loss(frame_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Class-weighted per-frame CE (SPEC §9.2): positive frames weigh T·0.5/N_pos, negative
-    frames T·0.5/max(1, N_neg), per sample; frame_logits (B, T, 2), labels (B, T) in {0, 1}."""
+    """Class-weighted per-frame CE of How2QA's temporal span (SPEC §9.2), as the original.
+
+    frame_logits (B, T, 2); labels (B, T) in {0, 1}. Per sample, positive frames weigh
+    T·0.5/N_pos and negative frames T·0.5/max(1, N_neg); the weighted CE is averaged over all
+    B·T frames, `(w·ce).mean()` (not divided by Σw: with N_pos + N_neg = T each sample's
+    weights sum to T, or T/2 when it has no negative frame). Returns a float32 scalar.
+    """
     t = labels.shape[1]
     n_pos = labels.sum(1, keepdim=True).float()
     w_pos = t * 0.5 / n_pos.clamp(min=1)
@@ -149,7 +154,7 @@ def span_loss(frame_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     ce = F.cross_entropy(
         frame_logits.float().reshape(-1, 2), labels.reshape(-1).long(), reduction="none"
     )
-    return (weights.reshape(-1) * ce).sum() / weights.sum()
+    return (weights.reshape(-1) * ce).mean()
 
 
 class LFVILAForQAClassification(_CrossModalTask):

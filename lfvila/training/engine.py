@@ -200,6 +200,9 @@ class TorchEngine:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    export_needs_checkpoint = False
+    """The module's own weights are the fp32 weights."""
+
     def export_state_dict(self, checkpoint_dir: Path | None = None) -> dict:
         return self.module.state_dict()
 
@@ -330,6 +333,11 @@ class DeepSpeedEngine:
         )
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint '{self.TAG}' in it")
+
+    @property
+    def export_needs_checkpoint(self) -> bool:
+        """fp16/bf16: the fp32 master weights are read back from a checkpoint."""
+        return self.dtype != torch.float32
 
     def export_state_dict(self, checkpoint_dir: Path | None = None) -> dict:
         """fp32 weights of the bare model: the module's own in fp32 runs, else the fp32 master

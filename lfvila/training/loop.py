@@ -156,6 +156,10 @@ class RunSettings:
     """The command that resumes this run (printed on a signal)."""
     flops_per_sample: float | None = None
     peak_flops: float | None = None
+    headline: tuple[str, str, bool] | None = None
+    """(evaluation, metric, higher is better): each evaluation that improves it calls
+    `on_best(weights, step, results)` with the bare model's fp32 weights (None: no best)."""
+    on_best: Callable[[dict, int, dict], None] | None = None
 
 
 def _finite(world: World, loss: torch.Tensor) -> bool:
@@ -200,6 +204,24 @@ def train(
         if on_eval is not None:
             on_eval(step, results)
         last_eval = step
+        if s.headline is not None:
+            track_best(step, results)
+
+    def track_best(step: int, results: dict) -> None:
+        name, metric, higher = s.headline
+        value = results.get(name, {}).get(metric)
+        if value is None or math.isnan(value):
+            logger.warning("headline metric %s/%s not in the evaluation: no best", name, metric)
+            return
+        best = state.best.get("value")
+        if best is not None and not (value > best if higher else value < best):
+            return
+        state.best = {"step": step, "metric": f"{name}/{metric}", "value": value}
+        checkpoint = None
+        if engine.export_needs_checkpoint:  # DeepSpeed fp16/bf16: fp32 masters from disk
+            checkpoint = save() if last_ckpt != state.step else checkpoints.latest()
+        s.on_best(engine.export_state_dict(checkpoint), step, results)
+        log.say(f"best {name}/{metric} {value:.4g} at step {step}: {s.run_dir / 'best'}")
 
     def save() -> Path:
         nonlocal last_ckpt
@@ -306,7 +328,11 @@ def train(
                         )
                     if s.eval_every and state.step % s.eval_every == 0 and evaluations:
                         run_eval(state.step)
-                    if s.checkpoint_every and state.step % s.checkpoint_every == 0:
+                    if (
+                        s.checkpoint_every
+                        and state.step % s.checkpoint_every == 0
+                        and last_ckpt != state.step
+                    ):
                         save()
                     if world.any(signals.name is not None):
                         stop = signals.name or "a signal on another rank"

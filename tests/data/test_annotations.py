@@ -116,3 +116,84 @@ def test_pretrain_lmdb(tmp_path):
         db[2]
     with pytest.raises(AnnotationError, match=r"train_db key 9: no such key"):
         db[9]
+
+
+def _three_lines(tmp_path, task, bad, good=None):
+    """good, blank, bad: the bad record is on line 3."""
+    lines = [json.dumps(good or GOOD[task]) + "\n", "\n", json.dumps(bad) + "\n"]
+    return _write(tmp_path / "a.jsonl", lines)
+
+
+@pytest.mark.parametrize(
+    "task, field, value, num_classes",
+    [
+        ("video_classification", "recipe_type", -100, 180),
+        ("video_classification", "recipe_type", 180, 180),
+        ("actnet_qa", "answer", 99999, 1654),
+        ("actnet_qa", "answer", -1, 1654),
+        ("violin", "answer", 1, 1),
+    ],
+)
+def test_class_ids_outside_the_model_are_refused(tmp_path, task, field, value, num_classes):
+    path = _three_lines(tmp_path, task, {**GOOD[task], field: value}, {**GOOD[task], field: 0})
+    message = rf"a.jsonl:3: field '{field}' {value} is not a class id in \[0, {num_classes}\)"
+    with pytest.raises(AnnotationError, match=message):
+        read_jsonl(path, task, num_classes=num_classes)
+    # without num_classes the file reads as before
+    assert read_jsonl(path, task)[1][field] == value
+
+
+@pytest.mark.parametrize(
+    "task, field, last",
+    [("video_classification", "recipe_type", 179), ("actnet_qa", "answer", 1653)],
+)
+def test_class_ids_at_the_edges_are_kept(tmp_path, task, field, last):
+    path = _three_lines(tmp_path, task, {**GOOD[task], field: last})
+    first = {**GOOD[task], field: 0}
+    path.write_text(path.read_text() + json.dumps(first) + "\n")
+    records = read_jsonl(path, task, num_classes=last + 1)
+    assert [r[field] for r in records] == [GOOD[task][field], last, 0]
+
+
+@pytest.mark.parametrize("answers", [["a", "b", "c"], ["a", "b", "c", "d", "e"]])
+def test_how2qa_candidate_count_must_match(tmp_path, answers):
+    path = _three_lines(tmp_path, "how2qa", {**GOOD["how2qa"], "text_a": answers})
+    message = rf"a.jsonl:3: field 'text_a' has {len(answers)} answers, the model takes 4"
+    with pytest.raises(AnnotationError, match=message):
+        read_jsonl(path, "how2qa", num_candidates=4)
+    assert len(read_jsonl(path, "how2qa")[1]["text_a"]) == len(answers)
+    with pytest.raises(AnnotationError, match=r"a.jsonl:1: field 'text_a' has 4 answers"):
+        read_jsonl(path, "how2qa", num_candidates=len(answers))
+
+
+def test_task_checks_apply_to_their_tasks_only(tmp_path):
+    # num_candidates means nothing to a classification file, num_classes nothing to How2QA
+    coin = _three_lines(tmp_path, "video_classification", GOOD["video_classification"])
+    assert len(read_jsonl(coin, "video_classification", num_candidates=2)) == 2
+    how2qa = _write(tmp_path / "h.jsonl", [json.dumps(GOOD["how2qa"]) + "\n"])
+    assert len(read_jsonl(how2qa, "how2qa", num_classes=1)) == 1
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        read_jsonl(coin, "video_classification", num_classes=0)
+
+
+@pytest.mark.parametrize(
+    "span, message",
+    [
+        ("[5.0, 2.0]", r"field 'span' \[5.0, 2.0\] starts after it ends"),
+        ("[-1.0, 3.0]", r"field 'span' \[-1.0, 3.0\] has a negative time"),
+        ("[NaN, -2]", r"field 'span' \[nan, -2\] has a negative time"),
+        ("[-0.5, null]", r"field 'span' \[-0.5, None\] has a negative time"),
+    ],
+)
+def test_bad_spans_are_refused(tmp_path, span, message):
+    bad = json.dumps(GOOD["how2qa"]).replace("[1.0, 4.5]", span)
+    path = _write(tmp_path / "a.jsonl", [json.dumps(GOOD["how2qa"]) + "\n", "\n", bad + "\n"])
+    with pytest.raises(AnnotationError, match=rf"a.jsonl:3: {message}"):
+        read_jsonl(path, "how2qa")
+
+
+def test_good_spans_are_kept(tmp_path):
+    spans = ["[3.0, 3.0]", "[0, 7]", "[NaN, 5.0]", "[2.0, NaN]", "[null, null]", "[40.0, 50.0]"]
+    lines = [json.dumps(GOOD["how2qa"]).replace("[1.0, 4.5]", s) + "\n" for s in spans]
+    records = read_jsonl(_write(tmp_path / "a.jsonl", lines), "how2qa", num_candidates=4)
+    assert [r["span"][1] for r in records][:2] == [3.0, 7] and len(records) == 6

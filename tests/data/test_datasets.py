@@ -37,7 +37,9 @@ def test_demo_is_deterministic_and_decodes(tmp_path, demo_data):
     b = demo_module.generate(tmp_path / "b", videos=3, val_videos=1, seed=5)
     demo_module.generate(tmp_path / "c", videos=3, val_videos=1, seed=6)
     fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
-    assert len(fa) == 4 * 5 + 4 and fa == fb  # 4 clips + 1 whole video each, 4 JSONL files
+    # 4 clips + 1 whole video each, 4 JSONL files, 22 task annotation files (the task video
+    # folders are symlinks to directories: not files, and rglob does not descend into them)
+    assert len(fa) == 4 * 5 + 4 + 22 and fa == fb
     assert fa != fc
     records = [json.loads(line) for line in a["pretrain_train"].read_text().splitlines()]
     assert len(records) == 3 and all(len(r) == 4 for r in records)
@@ -155,8 +157,9 @@ def test_qa_and_classification_items(tmp_path, demo_data):
     ds = build_dataset("how2qa", how2qa, root, False, opt)
     item = ds.item(0, decode=False)
     assert item["text_ids"].shape == (4, 8, 12) and item["answer"] == 3
-    # frames 0..31 at 3 fps: t = k/3 s; inside [2, 4] s are frames 6..12
-    assert item["span_labels"].tolist() == [0] * 6 + [1] * 7 + [0] * 19
+    # 32 frames at 3 fps: total 32/3 s; round(2 / (32/3) · 32) = 6, round(4 / (32/3) · 32) = 12:
+    # bins 6..11 (SPEC §9.2; comparing frame times with [2, 4] s would give 6..12)
+    assert item["span_labels"].tolist() == [0] * 6 + [1] * 6 + [0] * 20
     assert ds.item(1, decode=False)["span_labels"].eq(1).all()  # NaN span: the whole video
     violin = _write_jsonl(
         tmp_path / "violin.jsonl",

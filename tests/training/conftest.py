@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -104,3 +105,13 @@ def lfvila(*args, env=None, timeout=600, launcher=None, check=True):
             f"{' '.join(cmd)} exited {result.returncode}\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def torchrun(nproc: int = 2) -> list[str]:
+    """torchrun of this interpreter's environment, standalone (a free port), `nproc` processes."""
+    exe = pathlib.Path(sys.executable).parent / "torchrun"
+    return [
+        str(exe if exe.is_file() else shutil.which("torchrun")),
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+    ]

@@ -15,16 +15,13 @@ are only checked to stay within the steps' reach (3 x lr)."""
 from __future__ import annotations
 
 import json
-import pathlib
-import shutil
-import sys
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from .conftest import NO_DROPOUT, TINY_RUN, lfvila
+from .conftest import NO_DROPOUT, TINY_RUN, lfvila, torchrun
 
 STEPS = [
     "train.max_steps=3",
@@ -43,13 +40,7 @@ def _losses(run):
 
 
 def _torchrun():
-    """torchrun of this interpreter's environment, on a free port."""
-    exe = pathlib.Path(sys.executable).parent / "torchrun"
-    return [
-        str(exe if exe.is_file() else shutil.which("torchrun")),
-        "--standalone",
-        "--nproc_per_node=2",
-    ]
+    return torchrun(2)
 
 
 @pytest.fixture(scope="module")
