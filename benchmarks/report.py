@@ -275,7 +275,7 @@ def loop_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['case']} | {r['provider']} | {_fmt(r['samples_per_s'])} | "
             f"{100 * r['data_wait']:.0f}% | {mfu} | {_fmt(r.get('peak_gib'))} | "
-            f"{_fmt(r.get('loss'), 4)} | {_fmt(r['samples_per_s'] / base if base else None)}x |"
+            f"{_fmt(r.get('loss'), 4)} | {_fmt(r['samples_per_s'] / base) + 'x' if base else '-'} |"
         )
     return lines
 

@@ -388,6 +388,7 @@ def finetune(
         if not path.exists():
             raise FileNotFoundError(f"--weights: {weights} not found")
         cfg = dataclasses.replace(cfg, init=dataclasses.replace(cfg.init, weights=str(path)))
+        overrides = (*overrides, f"init.weights={path}")  # the resume command repeats it
     if cfg.init.weights is None and not resume:
         logger.warning("fine-tuning from random weights (no --weights, init.weights is null)")
     return pretrain(

@@ -59,13 +59,16 @@ def text_flops(cfg: ModelConfig, video_tokens: int = 0) -> float:
 
 def flops_per_sample(cfg: ModelConfig) -> float:
     """Forward FLOPs of one sample of the model `cfg` describes (stage-1 pre-training: the
-    video encoder with its tap, the sentence and paragraph layers and the projections)."""
+    video encoder with its tap, the sentence and paragraph layers and the projections; the
+    cross-modal layers where the model has them, once per answer candidate for How2QA)."""
     from .pretrain import tokens_per_frame
 
     tap = cfg.task == "pretrain" and cfg.stage == 1 and cfg.loss.use_mtc
     video = video_encoder_flops(cfg, with_local=tap and cfg.mtc_features == "local")
     cross_tokens = cfg.video.num_frames * tokens_per_frame(cfg) if cfg.uses_cross_modal else 0
     text = text_flops(cfg, cross_tokens) if cfg.task != "video_classification" else 0.0
+    if cfg.task == "multichoice_qa":  # every candidate paragraph runs with the video tokens
+        text *= cfg.num_candidates
     proj = 2.0 * 4 * cfg.video.dims()[-1] * cfg.projection_dim
     return video + text + proj
 
