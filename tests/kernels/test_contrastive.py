@@ -196,7 +196,10 @@ def test_contrastive_ref_peak_memory_is_linear_in_n():
     """N = 16,384, d = 256: the chunked reference needs a few N·d-sized buffers (inputs' grads,
     fp32 accumulators, a 256 x N chunk of logits and its temporaries), the naive formula several
     N×N fp32 matrices (1 GiB each). Peak RSS growth measured in fresh processes."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    # A fixed mmap threshold: glibc otherwise raises it after large frees and keeps later
+    # buffers in the heap, whose freed pages stay resident; the high-water mark then varied
+    # from 160 to 430 MiB between identical runs (AMD EPYC guest), 127 MiB every time with it.
+    env = dict(os.environ, OMP_NUM_THREADS="2", MALLOC_MMAP_THRESHOLD_="131072")
 
     def peak(mode):
         out = subprocess.run(
