@@ -13,18 +13,13 @@ import glob
 import os
 import warnings
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-PACKAGES = [
-    "lfvila",
-    "lfvila.data",
-    "lfvila.model",
-    "lfvila.kernels",
-    "lfvila.kernels.window_attn",
-    "lfvila.kernels.contrastive",
-]
+# every package under lfvila/ and kernels/ (the kernels install as lfvila.kernels)
+PACKAGES = ["lfvila", *(f"lfvila.{p}" for p in find_packages("lfvila"))]
+PACKAGES += ["lfvila.kernels", *(f"lfvila.kernels.{p}" for p in find_packages("kernels"))]
 PACKAGE_DIR = {"lfvila": "lfvila", "lfvila.kernels": "kernels"}
 
 

@@ -3,7 +3,11 @@
 CPU (`pytest benchmarks/`): LF-VILA's pre-training read (4 clips x 8 frames at floor(j*n/8)) of
 generated clips, 40 frames each at 3 fps, 180x320: PyAV vs DALI's CPU decoder on VP9 and PyAV on
 H.264, decode only ("decode": frames/s) and decode + train augmentation to 192x320 ("sample":
-samples/s; DALI augments inside its pipeline).
+samples/s; DALI augments inside its pipeline). "cold" cases read clips this process has never
+probed, every call (as at LF-VILA scale: 34M clips, none cached from one epoch to the next).
+The CPU loader ("loader"): `DaliLoader` on DALI's CPU decoder (VP9 180x320, batch 2, fresh
+records, 0 or 1 planning worker) vs a PyAV DataLoader with 1 worker, each with no training step
+and with a simulated 200 ms step (a sleep: the GPU's time, the CPU idle), samples/s.
 GPU (marked `gpu`; benchmarks/gpu_check.sh): the same reads of H.264 clips at 720p, 3 fps,
 through the whole loader (sampling, crop/flip/normalise, batch 8): DALI on the GPU (NVDEC,
 `DaliLoader`) vs PyAV in 16 DataLoader worker processes. Smoke mode: tiny VP9 clips, DALI's CPU
@@ -16,6 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,17 +65,36 @@ def _write_clips(root, codec: str, count: int, size: tuple[int, int]) -> list[st
     return paths
 
 
+COLD_SETS = 8  # rounds + warmup + the check, each on clips never probed before
+
+
 @pytest.fixture(scope="module")
 def cpu_clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("decode")
     size = (36, 64) if smoke_mode() else (180, 320)
-    return {
+    clips = {
         "vp9": _write_clips(root, "libvpx-vp9", CLIPS, size),
         "h264": _write_clips(root, "libx264", CLIPS, size),
     }
+    for codec in ("vp9", "h264"):  # new names (symlinks) of the same files, for cold reads
+        sets = []
+        for s in range(COLD_SETS):
+            (root / f"cold{s}").mkdir(exist_ok=True)
+            links = [root / f"cold{s}" / f"{codec}-{i}{p[-5:]}" for i, p in enumerate(clips[codec])]
+            for link, src in zip(links, clips[codec]):
+                link.symlink_to(src)
+            sets.append([str(link) for link in links])
+        clips[f"{codec}-cold"] = sets
+    return clips
 
 
-CPU_CASES = [("pyav", "vp9"), ("dali-cpu", "vp9"), ("pyav", "h264")]
+CPU_CASES = [
+    ("pyav", "vp9"),
+    ("dali-cpu", "vp9"),
+    ("pyav", "h264"),
+    ("pyav", "vp9-cold"),
+    ("dali-cpu", "vp9-cold"),
+]
 
 
 def _sample_read(paths, provider):
@@ -82,7 +107,18 @@ def _sample_read(paths, provider):
 def test_bench_decode_cpu(benchmark, cpu_clips, provider, codec):
     if provider.startswith("dali") and (reason := _dali_missing()):
         pytest.skip(reason)
-    paths = cpu_clips[codec]
+    if codec.endswith("cold"):
+        sets = iter(cpu_clips[codec])
+        paths = next(sets)
+
+        def read():
+            return _sample_read(next(sets), provider)
+    else:
+        paths = cpu_clips[codec]
+
+        def read():
+            return _sample_read(paths, provider)
+
     frames, indices = _sample_read(paths, provider)
     reference = [read_frames(p, indices, "pyav") for p in paths]
     for ours, theirs in zip(frames, reference):  # the same frames (decoders differ by ~1 level)
@@ -90,7 +126,7 @@ def test_bench_decode_cpu(benchmark, cpu_clips, provider, codec):
     h, w = frames[0].shape[1:3]
     run(
         benchmark,
-        lambda: _sample_read(paths, provider),
+        read,
         "cpu",
         rounds=5,
         warmup=1,
@@ -102,7 +138,10 @@ def test_bench_decode_cpu(benchmark, cpu_clips, provider, codec):
     )
 
 
-@pytest.mark.parametrize("provider, codec", CPU_CASES, ids=[f"{p}-{c}" for p, c in CPU_CASES])
+SAMPLE_CASES = CPU_CASES[:3]
+
+
+@pytest.mark.parametrize("provider, codec", SAMPLE_CASES, ids=[f"{p}-{c}" for p, c in SAMPLE_CASES])
 def test_bench_sample_cpu(benchmark, cpu_clips, provider, codec):
     """One pre-training sample: decode 4 x 8 frames and apply the train augmentation."""
     if provider.startswith("dali") and (reason := _dali_missing()):
@@ -144,20 +183,18 @@ def test_bench_sample_cpu(benchmark, cpu_clips, provider, codec):
 # --- GPU: the whole loader, DALI (NVDEC) vs PyAV in 16 worker processes -----------------------
 
 GPU_BATCH, GPU_WORKERS = (2, 2) if smoke_mode() else (8, 16)
+DALI_WORKERS = 1 if smoke_mode() else 4  # planning, file reads and tokenisation for DALI
 GPU_POOL = 8 if smoke_mode() else 48  # distinct clip files
 GPU_BATCHES = 2 if smoke_mode() else 12  # batches per timed round
 
 
-@pytest.fixture(scope="module")
-def loader_data(tmp_path_factory):
-    """Pre-training records over a pool of H.264 720p clips (smoke: VP9 36x64 for DALI-CPU)."""
-    root = tmp_path_factory.mktemp("loader")
-    codec, size = ("libvpx-vp9", (36, 64)) if smoke_mode() else ("libx264", (720, 1280))
-    pool = _write_clips(root / "_pool", codec, GPU_POOL, size)
+def _pretrain_records(root, pool: list[str], videos: int, clips_per_video) -> Path:
+    """`videos` long videos of clips_per_video(r) clips each, every clip a new name (symlink)
+    of a clip of the pool; their pre-training annotations."""
     records = []
-    for r in range(64):  # long videos of 4..6 clips drawn from the pool
+    for r in range(videos):
         clips = []
-        for k in range(4 + r % 3):
+        for k in range(clips_per_video(r)):
             src = pool[(r * 5 + k) % len(pool)]
             clip_id = f"v{r:03d}.{k}{src[-5:] if src.endswith('.webm') else '.mp4'}"
             (root / f"v{r:03d}").mkdir(exist_ok=True)
@@ -166,7 +203,91 @@ def loader_data(tmp_path_factory):
         records.append(clips)
     ann = root / "pretrain.jsonl"
     ann.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return ann, root
+    return ann
+
+
+@pytest.fixture(scope="module")
+def loader_data(tmp_path_factory):
+    """Pre-training records over a pool of H.264 720p clips (smoke: VP9 36x64 for DALI-CPU)."""
+    root = tmp_path_factory.mktemp("loader")
+    codec, size = ("libvpx-vp9", (36, 64)) if smoke_mode() else ("libx264", (720, 1280))
+    pool = _write_clips(root / "_pool", codec, GPU_POOL, size)
+    return _pretrain_records(root, pool, 64, lambda r: 4 + r % 3), root  # 4..6 clips each
+
+
+# --- CPU: the DALI loader (DALI's CPU decoder) vs a PyAV DataLoader ---------------------------
+
+CPU_BATCH, CPU_BATCHES, CPU_ROUNDS = 2, 6, 3
+CPU_STEP_S = 0.2
+CPU_LOADER_CASES = [
+    ("dali-cpu", 0, 0.0),
+    ("dali-cpu", 1, 0.0),
+    ("pyav", 1, 0.0),
+    ("dali-cpu", 0, CPU_STEP_S),
+    ("dali-cpu", 1, CPU_STEP_S),
+    ("pyav", 1, CPU_STEP_S),
+]
+
+
+@pytest.fixture(scope="module")
+def cpu_loader_data(tmp_path_factory):
+    """Records of 4 clips (VP9 180x320; smoke 36x64), enough that no clip is read twice."""
+    root = tmp_path_factory.mktemp("cpu_loader")
+    size = (36, 64) if smoke_mode() else (180, 320)
+    pool = _write_clips(root / "_pool", "libvpx-vp9", 8, size)
+    videos = CPU_BATCH * (CPU_ROUNDS * CPU_BATCHES + 4)
+    return _pretrain_records(root, pool, videos, lambda r: CLIPS), root
+
+
+@pytest.mark.parametrize(
+    "provider, workers, step",
+    CPU_LOADER_CASES,
+    ids=[f"{p}-{w}-workers-step-{int(s * 1000)}ms" for p, w, s in CPU_LOADER_CASES],
+)
+def test_bench_loader_cpu(benchmark, cpu_loader_data, provider, workers, step):
+    """Samples/s of a training loop whose step takes `step` seconds of the GPU's time: with the
+    loader's work overlapping the step, a batch costs max(step, loader) instead of the sum."""
+    from torch.utils.data import DataLoader
+
+    from lfvila.data.datasets import EpochSampler, ExactDistributedSampler
+
+    if provider.startswith("dali") and (reason := _dali_missing()):
+        pytest.skip(reason)
+    ann, root = cpu_loader_data
+    size = (48, 80) if smoke_mode() else (192, 320)
+    ds = build_dataset("pretrain", ann, root, True, DataOptions(size=size, max_tokens=16))
+    sampler = EpochSampler(ExactDistributedSampler(len(ds)))  # in order: every clip once
+    if provider.startswith("dali"):
+        from lfvila.data.dali import DaliLoader
+
+        loader = DaliLoader(ds, sampler, CPU_BATCH, device="cpu", workers=workers)
+    else:
+        loader = DataLoader(
+            ds, batch_size=CPU_BATCH, sampler=sampler, num_workers=workers, drop_last=True
+        )
+    batches = iter(loader)
+
+    def epoch_part():
+        for batch in itertools.islice(batches, CPU_BATCHES):
+            assert batch["video"].shape == (CPU_BATCH, 3, CLIPS * PER_CLIP, *size)
+            time.sleep(step)  # the training step
+
+    next(batches)  # warm: workers started, the pipeline built
+    info = probe(sorted(root.glob("_pool/*"))[0], exact=False)
+    rounds = 1 if smoke_mode() else CPU_ROUNDS
+    run(
+        benchmark,
+        epoch_part,
+        "cpu",
+        rounds=rounds,
+        warmup=0,
+        level="loader",
+        case=f"vp9 {info['height']}x{info['width']} -> {size[0]}x{size[1]}, batch {CPU_BATCH}, "
+        f"step {int(step * 1000)} ms",
+        provider=f"{provider}-{workers}-workers",
+        frames=CPU_BATCHES * CPU_BATCH * CLIPS * PER_CLIP,
+        samples=CPU_BATCHES * CPU_BATCH,
+    )
 
 
 @pytest.mark.gpu
@@ -188,7 +309,7 @@ def test_bench_loader_gpu(benchmark, loader_data, provider):
     if provider == "dali":
         from lfvila.data.dali import DaliLoader
 
-        batches = iter(DaliLoader(ds, sampler, GPU_BATCH, device=dali_device))
+        batches = iter(DaliLoader(ds, sampler, GPU_BATCH, device=dali_device, workers=DALI_WORKERS))
     else:
         loader = DataLoader(
             ds,

@@ -8,6 +8,8 @@ Subcommands:
     demo             the main job: pre-train a small LF-VILA on generated videos on the CPU and
                      show the retrieval it learned
     attention-check  fused vs reference window attention at a real LF-VILA layer shape
+    prepare          build pre-training data: `prepare longform` (annotations from HD-VILA-style
+                     metadata), `prepare videos` (3 fps clips), `prepare check` (clips readable)
 
 Config overrides follow the options as `section.key=value` (e.g. `train.lr=1e-4`).
 """
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.set_defaults(func=_attention_check)
+
+    from .prepare.cli import add_parser as add_prepare_parser
+
+    add_prepare_parser(sub)
     return parser
 
 
@@ -196,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(unknown or later))
     if later:
         args.overrides = [*args.overrides, *later]
+    from .data.datasets import TooManyBadVideos
     from .training.loop import TrainingError
 
     try:
         return args.func(args)
     except TrainingError as exc:
         print(f"lfvila {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except TooManyBadVideos as exc:  # from a DataLoader worker: its traceback is in the text
+        line = str(exc).strip().splitlines()[-1]
+        line = line.split("TooManyBadVideos: ", 1)[-1]
+        print(f"lfvila {args.command}: error: {line}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:  # bad config, data or arguments: one line, no traceback
         rank = os.environ.get("RANK")

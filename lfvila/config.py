@@ -244,10 +244,18 @@ class DataConfig:
     """Count frames by decoding instead of by packets (slow; the packet count is decord's)."""
     strict: bool = False
     """Stop on an undecodable training video instead of replacing and counting it."""
+    exclude: str | None = None
+    """A file of clip / video ids (one a line, e.g. `lfvila prepare check`'s *.bad_ids.txt)
+    that are never opened: replaced in training and counted as 'excluded'."""
+    max_bad_fraction: float = 0.5
+    """Stop (with the counts) when more than this share of the training videos a process tried
+    cannot be decoded; below it, each is replaced by a readable item and counted."""
 
     def __post_init__(self):
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0.0 < self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in (0, 1], got {self.max_bad_fraction}")
 
 
 @dataclass(kw_only=True)

@@ -75,3 +75,24 @@ def test_attention_demo_on_a_tiny_layer():
     assert result.dtype == torch.float32 and set(result.timings_ms) == {"reference", "fused"}
     text = format_result(result)
     assert "layer tiny" in text and "error-ratio rule" in text and ": yes" in text
+
+
+def test_setup_installs_every_package():
+    """A non-editable install ships every folder of Python files (lfvila.training and
+    lfvila.tasks were missing from a hand-written list)."""
+    import ast
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    assert any(
+        isinstance(n, ast.Call) and getattr(n.func, "id", "") == "find_packages"
+        for n in ast.walk(tree)
+    )
+    from setuptools import find_packages
+
+    found = {"lfvila", *(f"lfvila.{p}" for p in find_packages(str(ROOT / "lfvila")))}
+    folders = {
+        "lfvila." + str(d.relative_to(ROOT / "lfvila")).replace("/", ".")
+        for d in (ROOT / "lfvila").rglob("*")
+        if d.is_dir() and any(d.glob("*.py")) and "__pycache__" not in d.parts
+    }
+    assert folders <= found, folders - found

@@ -9,6 +9,7 @@ from .datasets import (
     ExactDistributedSampler,
     GlobalBatchSampler,
     Loader,
+    TooManyBadVideos,
     build_dataset,
     build_loader,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "FAILURE_KINDS",
     "GlobalBatchSampler",
     "Loader",
+    "TooManyBadVideos",
     "build_dataset",
     "build_loader",
     "read_jsonl",

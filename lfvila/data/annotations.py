@@ -3,7 +3,11 @@ original pre-training LMDB (optional `lmdb` extra), whose values are Python-lite
 with `ast.literal_eval`, never `eval` (SPEC Decision 4d).
 
 Every record is validated; a bad one raises `AnnotationError` naming the file, the line (or LMDB
-key) and the field.
+key) and the field. Names that become paths (clip_id, video_name, video_id) must stay inside the
+video root: absolute paths and '..' are refused.
+
+Records are kept as JSON in flat buffers (`lfvila.data.records.RecordTable`), not as Python
+objects: 8.5M pre-training records fit in the bytes of their file, shared by forked workers.
 """
 
 from __future__ import annotations
@@ -11,13 +15,41 @@ from __future__ import annotations
 import ast
 import json
 import math
+import operator
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .records import RecordTable, RecordTableBuilder, loads
 
 
 class AnnotationError(ValueError):
-    """A malformed annotation; the message names the file, the line or key, and the field."""
+    """A malformed annotation; the message names the file, the line or key, and the field.
+    (One message argument: pickled and re-raised by DataLoader workers as it is.)"""
+
+
+def path_problem(name: str) -> str | None:
+    """Why `name` (a clip_id, video_name or video_id) is not a path inside the video root, or
+    None. The check is lexical: symlinks inside the root are the user's to follow. (String
+    operations, not pathlib: this runs for every clip of 8.5M records.)"""
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        return "is an absolute path"
+    for sep in (os.sep, os.altsep):
+        if sep and sep != "/":
+            name = name.replace(sep, "/")
+    if ".." in name.split("/"):
+        return "leaves the video root ('..')"
+    return None
+
+
+def path_in_root(root: str | os.PathLike, name: str, where: str) -> Path:
+    """root/name, or AnnotationError naming `where` when `name` would leave the root."""
+    problem = path_problem(name)
+    if problem:
+        raise AnnotationError(f"{where}: {name!r} {problem} (video root {root})")
+    return Path(root) / name
 
 
 def _is_str(x) -> bool:
@@ -65,11 +97,15 @@ def _need(check: Callable[[object], bool], what: str) -> Callable[[object], str 
     return lambda x: None if check(x) else what
 
 
+def _check_path(x) -> str | None:
+    return path_problem(x) if _is_str(x) else "must be a non-empty string"
+
+
 # field -> check returning None or the problem; one schema per task (SPEC §10.3)
 SCHEMAS: dict[str, dict[str, Callable]] = {
-    "retrieval": {"clip_id": _need(_is_str, "must be a non-empty string"), "text": _check_text},
+    "retrieval": {"clip_id": _check_path, "text": _check_text},
     "how2qa": {
-        "clip_id": _need(_is_str, "must be a non-empty string"),
+        "clip_id": _check_path,
         "span": _check_span,
         "text_q": _need(lambda x: isinstance(x, str), "must be a string"),
         "text_a": _check_answers,
@@ -77,18 +113,18 @@ SCHEMAS: dict[str, dict[str, Callable]] = {
         "answer_idx": _need(_is_int, "must be an integer"),
     },
     "violin": {
-        "clip_id": _need(_is_str, "must be a non-empty string"),
+        "clip_id": _check_path,
         "text_q": _need(lambda x: isinstance(x, str), "must be a string"),
         "text_s": _check_subtitles,
         "answer": _need(lambda x: x in (0, 1) and not isinstance(x, bool), "must be 0 or 1"),
     },
     "actnet_qa": {
-        "video_name": _need(_is_str, "must be a non-empty string"),
+        "video_name": _check_path,
         "question": _need(lambda x: isinstance(x, str), "must be a string"),
         "answer": _need(_is_int, "must be an integer class index"),
     },
     "video_classification": {
-        "video_id": _need(_is_str, "must be a non-empty string"),
+        "video_id": _check_path,
         "recipe_type": _need(_is_int, "must be an integer class index"),
     },
 }
@@ -144,11 +180,12 @@ def _check_task(record: dict, task: str, where: str, num_classes, num_candidates
 
 
 def validate_pretrain(record, where: str, min_clips: int = 1) -> list[dict]:
-    """A pre-training sample: a list of {clip_id, text} in temporal order."""
-    if not isinstance(record, list) or len(record) < min_clips:
-        raise AnnotationError(
-            f"{where}: expected a list of at least {min_clips} {{clip_id, text}} objects"
-        )
+    """A pre-training sample: a list of at least `min_clips` {clip_id, text} in temporal order
+    (min_clips: the clips a sample takes, model.video.num_clips)."""
+    if not isinstance(record, list):
+        raise AnnotationError(f"{where}: expected a list of {{clip_id, text}} objects")
+    if not record:
+        raise AnnotationError(f"{where}: expected a list of {{clip_id, text}} objects, got []")
     for i, clip in enumerate(record):
         if not isinstance(clip, dict):
             raise AnnotationError(f"{where}: item {i} must be an object with 'clip_id' and 'text'")
@@ -157,6 +194,15 @@ def validate_pretrain(record, where: str, min_clips: int = 1) -> list[dict]:
                 raise AnnotationError(
                     f"{where}: item {i} field '{field}' must be a string (got {clip.get(field)!r})"
                 )
+        problem = path_problem(clip["clip_id"])
+        if problem:
+            raise AnnotationError(
+                f"{where}: item {i} field 'clip_id' {problem} (got {clip['clip_id']!r})"
+            )
+    if len(record) < min_clips:  # after the fields: a malformed clip is the better message
+        raise AnnotationError(
+            f"{where}: {len(record)} clips, fewer than the {min_clips} a sample takes"
+        )
     return record
 
 
@@ -165,75 +211,114 @@ def read_jsonl(
     task: str,
     num_classes: int | None = None,
     num_candidates: int | None = None,
-) -> list:
-    """Read and validate a task's JSONL file (`task`: one of SCHEMAS, or "pretrain").
+    min_clips: int = 1,
+) -> RecordTable:
+    """Read and validate a task's JSONL file (`task`: one of SCHEMAS, or "pretrain"): a
+    `RecordTable` (a sequence of the records, decoded on access), built line by line.
 
     Validated against the model too when given: num_classes, the class ids of 'violin' and
     'actnet_qa' (`answer`) and 'video_classification' (`recipe_type`) must lie in
     [0, num_classes) (cross-entropy would silently skip -100 and fail on the GPU for ids past
-    the end); num_candidates, the number of 'how2qa' answers (`text_a`), exactly.
+    the end); num_candidates, the number of 'how2qa' answers (`text_a`), exactly; min_clips,
+    the clips of a 'pretrain' record, at least (the window a sample takes, num_clips).
     """
     if task not in SCHEMAS and task != "pretrain":
         raise ValueError(f"task must be one of {sorted(SCHEMAS) + ['pretrain']}, got {task!r}")
-    for name, value in (("num_classes", num_classes), ("num_candidates", num_candidates)):
+    for name, value in (
+        ("num_classes", num_classes),
+        ("num_candidates", num_candidates),
+        ("min_clips", min_clips),
+    ):
         if value is not None and (not _is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
-    records = []
-    with path.open(encoding="utf-8") as f:
+    # the kept lines are at most the file: one buffer of its size, trimmed at the end
+    builder = RecordTableBuilder(capacity=path.stat().st_size, source=str(path))
+    with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
-            if not line.strip():
+            line = line.strip()
+            if not line:
                 continue
             where = f"{path}:{number}"
             try:
-                record = json.loads(line, parse_constant=lambda c: math.nan if c == "NaN" else None)
+                record = loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise AnnotationError(f"{where}: not UTF-8 (byte {exc.start + 1})") from None
             except json.JSONDecodeError as exc:
                 raise AnnotationError(
                     f"{where}: not valid JSON ({exc.msg} at column {exc.colno})"
                 ) from None
             if task == "pretrain":
-                records.append(validate_pretrain(record, where))
+                validate_pretrain(record, where, min_clips or 1)
             else:
                 _check_task(
                     _validate_record(record, task, where), task, where, num_classes, num_candidates
                 )
-                records.append(record)
-    if not records:
+            builder.append(line)  # the line as read: decodes to the record just validated
+    if not len(builder):
         raise AnnotationError(f"{path}: no records")
-    return records
+    return builder.build()
 
 
-class PretrainLMDB:
-    """The original pre-training LMDB: key str(i) -> a Python-literal string of a list of
-    {clip_id, text}, parsed with ast.literal_eval (anything but a literal is refused)."""
+_ENVIRONMENTS: dict[tuple[str, int], object] = {}
+"""Open LMDB environments by (path, process id): LMDB allows one environment per file in a
+process, and a forked child must not use its parent's."""
 
-    def __init__(self, path: str | os.PathLike):
+
+def _lmdb_environment(path: Path):
+    key = (str(path), os.getpid())
+    env = _ENVIRONMENTS.get(key)
+    if env is None:
+        import lmdb
+
+        env = _ENVIRONMENTS[key] = lmdb.open(
+            str(path), readonly=True, lock=False, readahead=False, subdir=path.is_dir()
+        )
+    return env
+
+
+class PretrainLMDB(Sequence):
+    """The original pre-training LMDB as a lazy sequence: key str(i) -> a Python-literal string
+    of a list of {clip_id, text}, parsed with ast.literal_eval (anything but a literal is
+    refused) and validated when read (at least `min_clips` clips, paths inside the root).
+
+    IndexError past the end (iteration stops there). It holds no LMDB environment: each
+    process opens its own on first access (one per file, `_lmdb_environment`), so a pickled
+    copy (spawned DataLoader workers) is a path and a length, and forked workers never use
+    their parent's environment, as LMDB requires."""
+
+    def __init__(self, path: str | os.PathLike, min_clips: int = 1):
         try:
-            import lmdb
+            import lmdb  # noqa: F401
         except ImportError as exc:
             raise ImportError(
                 "reading the pre-training LMDB needs the 'lmdb' extra (pip install lmdb)"
             ) from exc
-        self.path = Path(path)
+        self.path, self.min_clips = Path(path), min_clips
         if not self.path.exists():
             raise AnnotationError(f"{self.path}: LMDB not found")
-        self.env = lmdb.open(
-            str(self.path), readonly=True, lock=False, readahead=False, subdir=self.path.is_dir()
-        )
-        self.length = self.env.stat()["entries"]
+        self.length = _lmdb_environment(self.path).stat()["entries"]
 
     def __len__(self) -> int:
         return self.length
 
+    def where(self, index: int) -> str:
+        return f"{self.path} key {index}"
+
     def __getitem__(self, index: int) -> list[dict]:
-        where = f"{self.path} key {index}"
-        with self.env.begin() as txn:
-            raw = txn.get(str(index).encode())
+        i = operator.index(index)
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(f"{self.path}: index {index} out of range for {self.length} records")
+        where = self.where(i)
+        with _lmdb_environment(self.path).begin() as txn:
+            raw = txn.get(str(i).encode())
         if raw is None:
             raise AnnotationError(f"{where}: no such key")
-        return validate_pretrain(parse_literal(raw.decode("utf-8"), where), where)
+        return validate_pretrain(parse_literal(raw.decode("utf-8"), where), where, self.min_clips)
 
 
 def parse_literal(text: str, where: str):

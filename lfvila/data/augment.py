@@ -8,6 +8,11 @@ Resizes are bilinear without antialiasing (the original's torchvision resized te
 Note (faithful to the original): on frames wider than 4:3 / 0.8 (16:9 included) no crop of
 scale >= 0.8 has an aspect ratio within 3/4-4/3, so RandomResizedCrop always falls back to the
 centre crop of ratio 4/3; training randomness on such videos is the flip and the frames only.
+Clips of different resolutions in one sample (a pre-training window whose clips were cut or
+re-encoded apart): the box is drawn for the first clip's size, and a clip of another size gets
+the same relative region of its own frame (`lfvila.data.datasets.scale_box`); every clip is then
+resized to the output size, so the sample still has one crop and one flip. Frames whose
+resolution changes inside one file are decoded at the file's first frame size.
 Output: (3, T, H, W) float32.
 """
 

@@ -20,17 +20,28 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .annotations import read_jsonl
+from .annotations import AnnotationError, path_in_root, read_jsonl
 from .augment import CropBox, augment_eval, augment_train, random_resized_crop_box
 from .sampling import clip_frame_indices, clip_window_start, video_frame_indices
 from .text import encode_sentences, get_tokenizer, how2qa_paragraphs, mask_tokens, violin_paragraph
 from .video import VideoDecodeError, probe, read_frames
 
 logger = logging.getLogger(__name__)
-MAX_REPLACEMENTS = 10
+MAX_REPLACEMENTS = 100
+"""Replacement candidates tried for one item before giving up (at 30% unreadable videos the
+chance that 100 in a row fail is 5e-53; the bad-fraction limit stops a hopeless run first)."""
+MIN_ATTEMPTS_FOR_LIMIT = 200
+"""Items a process must have served before `max_bad_fraction` is judged (or the whole dataset,
+when it is smaller)."""
+
+
+class TooManyBadVideos(RuntimeError):
+    """More than `DataOptions.max_bad_fraction` of the videos this process tried were
+    unreadable: the data (or its paths) is broken, not a few files."""
 
 
 @dataclasses.dataclass
@@ -39,10 +50,16 @@ class VideoPlan:
 
     files: list[tuple[str, list[int]]]
     box: CropBox | None
-    """Train crop in pixels (None: the eval resize / centre crop)."""
+    """Train crop in pixels of the first clip (None: the eval resize / centre crop)."""
     flip: bool
     texts: list[str] | None = None
     """Sentences chosen together with the video (pre-training: the window's transcripts)."""
+    boxes: list[CropBox] | None = None
+    """Train crop of each clip (file): `box`, or for a clip of another resolution the same
+    relative region of its own frame (see `scale_box`); None: `box` for every clip."""
+
+    def clip_box(self, i: int) -> CropBox | None:
+        return self.boxes[i] if self.boxes is not None else self.box
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -61,40 +78,73 @@ class DataOptions:
     strict: bool = False
     """Raise on an undecodable video in training too (evaluation always raises)."""
     exact_frame_counts: bool = False
-    """Count frames by decoding (slow) instead of by packets (decord's count, the original's)."""
+    """Count frames by decoding (slow) instead of from the container header, else the packets
+    (decord's count, the original's)."""
+    exclude: ClipExclusions | None = None
+    """Clip / video ids never opened: treated as unreadable (replaced in training, counted as
+    'excluded'), e.g. the bad-id list of `lfvila prepare check`."""
+    max_bad_fraction: float = 0.5
+    """Training stops with `TooManyBadVideos` when more than this share of the items a process
+    served had an unreadable video (judged after MIN_ATTEMPTS_FOR_LIMIT items, or the whole
+    dataset when smaller); below it, every unreadable item is replaced and counted."""
 
 
 # Why an item was replaced, as counted in `decode_failures` (matched on VideoDecodeError.reason).
-FAILURE_KINDS = (
-    "file not found",
-    "empty file",
-    "cannot open",
-    "no video stream",
-    "corrupt or truncated",
-    "no decodable frames",
-    "too few frames",
-    "DALI cannot decode it",
-    "other",
-)
+FAILURE_KINDS = (*VideoDecodeError.KINDS, "other")
 
 
 def failure_kind(reason: str) -> str:
-    """The FAILURE_KINDS entry a VideoDecodeError reason belongs to."""
-    if reason.startswith("asked for frame") or "clips, fewer than" in reason:
-        return "too few frames"
-    for kind in FAILURE_KINDS[:-1]:
-        if reason.startswith(kind):
-            return kind
-    return "other"
+    """The FAILURE_KINDS entry a VideoDecodeError reason belongs to (`VideoDecodeError.KINDS`
+    maps the start of every reason raised in lfvila.data; "other": an unknown one)."""
+    return VideoDecodeError.kind_of(reason)
 
 
-def video_file(root: str | os.PathLike, name: str) -> str:
-    """root/name, with '.mp4' appended when `name` has no video extension."""
+class ClipExclusions:
+    """A set of clip (or video) ids held as a sorted array of 64-bit hashes: 8 bytes an id,
+    shared by forked workers without copy-on-write growth (a Python set of 2.5M ids would take
+    ~200 MB per process). A hash collision (2^-64 per pair) could exclude an innocent clip."""
+
+    def __init__(self, ids):
+        hashes = np.fromiter((_id_hash(i) for i in ids), dtype=np.uint64)
+        self.hashes = np.unique(hashes)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ClipExclusions:
+        """One id per line (blank lines ignored): `lfvila prepare check`'s *.bad_ids.txt."""
+        with open(path, encoding="utf-8") as f:
+            return cls(line.strip() for line in f if line.strip())
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __contains__(self, clip_id: str) -> bool:
+        h = np.uint64(_id_hash(clip_id))
+        i = int(np.searchsorted(self.hashes, h))
+        return i < len(self.hashes) and self.hashes[i] == h
+
+
+def _id_hash(clip_id: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(clip_id.encode(), digest_size=8).digest(), "little")
+
+
+def scale_box(box: CropBox, drawn_for: tuple[int, int], size: tuple[int, int]) -> CropBox:
+    """`box` (pixels of a `drawn_for` = (H, W) frame) as the same relative region of a frame of
+    `size`: each edge scaled by the size ratio, rounded, kept inside the frame."""
+    (h0, w0), (h, w) = drawn_for, size
+    top, left = round(box.top * h / h0), round(box.left * w / w0)
+    height = max(1, min(h - top, round(box.height * h / h0)))
+    width = max(1, min(w - left, round(box.width * w / w0)))
+    return CropBox(top, left, height, width)
+
+
+def video_file(root: str | os.PathLike, name: str, where: str = "annotation") -> str:
+    """root/name, with '.mp4' appended when `name` has no video extension; AnnotationError
+    naming `where` (the record) when `name` is absolute or leaves the root with '..'."""
     suffix = Path(name).suffix.lower()
-    return str(
-        Path(root)
-        / (name if suffix in (".mp4", ".webm", ".mkv", ".avi", ".mov") else f"{name}.mp4")
-    )
+    name = name if suffix in (".mp4", ".webm", ".mkv", ".avi", ".mov") else f"{name}.mp4"
+    return str(path_in_root(root, name, where))
 
 
 class VideoTextDataset(Dataset):
@@ -109,15 +159,18 @@ class VideoTextDataset(Dataset):
         seed: int = 0,
     ):
         self.records, self.root, self.train, self.opt = (
-            list(records),
+            records if isinstance(records, Sequence) else list(records),  # a RecordTable stays
             Path(video_root),
             train,
             options,
         )
         self.seed, self.epoch = seed, 0
         self.failure_counts: collections.Counter = collections.Counter()
-        self.unreadable: set[int] = set()
-        """Items whose video failed in this process; never drawn as replacements again."""
+        self._unreadable = bytearray(len(self.records))
+        """Per item, 0 or 1 + the FAILURE_KINDS index of its video's failure in this process
+        (8.5 MB for LF-VILA-8M): such items are replaced (and counted) without a decode."""
+        self.items_requested = self.items_replaced = 0
+        """Training items asked of this process, and how many had an unreadable video."""
         self._tokenizer = None
 
     @property
@@ -137,6 +190,8 @@ class VideoTextDataset(Dataset):
         return random.Random(hash((self.seed, epoch, index, attempt)))
 
     def num_frames(self, path: str) -> int:
+        """The clip's frame count: its container header's, else its packets (`probe`; exact:
+        decoded). The probe reads the file once and keeps its bytes for this item's decode."""
         return probe(path, exact=self.opt.exact_frame_counts)["num_frames"]
 
     # subclasses: plan_video(index, rng) -> VideoPlan and text_and_labels(index, rng) -> dict
@@ -147,25 +202,59 @@ class VideoTextDataset(Dataset):
         raise NotImplementedError
 
     def _augment_plan(self, rng: random.Random, files: list[tuple[str, list[int]]]) -> VideoPlan:
+        """The crop box is drawn for the first clip's frame size; every clip of that size gets
+        it (one crop and flip for the whole sample, SPEC §10.2), a clip of another size the same
+        relative region of its own frame (`scale_box`). The sizes come from the probe that
+        counted the frames (cached: no second open)."""
         if not self.train:
             return VideoPlan(files, None, False)
-        info = probe(files[0][0], exact=False)
-        box = random_resized_crop_box(info["height"], info["width"], rng=rng)
-        return VideoPlan(files, box, rng.random() < 0.5)
+        sizes = [self._frame_size(path) for path, _ in files]
+        box = random_resized_crop_box(*sizes[0], rng=rng)
+        plan = VideoPlan(files, box, rng.random() < 0.5)
+        if any(size != sizes[0] for size in sizes):
+            plan.boxes = [scale_box(box, sizes[0], size) for size in sizes]
+        return plan
 
-    def _whole_video_plan(self, name: str, rng: random.Random) -> VideoPlan:
+    def _frame_size(self, path: str) -> tuple[int, int]:
+        info = probe(path, exact=False)
+        return info["height"], info["width"]
+
+    def _where(self, index: int) -> str:
+        """Record `index` for error messages (its file or LMDB key when the records know it)."""
+        where = getattr(self.records, "where", None)
+        return where(index) if where is not None else f"record {index}"
+
+    def _whole_video_plan(self, name: str, rng: random.Random, where: str = "") -> VideoPlan:
         """`num_frames` frames spread over the whole video root/name (SPEC §9.1)."""
-        path = video_file(self.root, name)
+        path = video_file(self.root, name, where or "annotation")
+        self._check_excluded(name, path)
         indices = video_frame_indices(self.num_frames(path), self.opt.num_frames, self.train, rng)
         return self._augment_plan(rng, [(path, indices)])
 
+    def _check_excluded(self, clip_id: str, path: str) -> None:
+        if self.opt.exclude is not None and clip_id in self.opt.exclude:
+            raise VideoDecodeError(path, "excluded by data.exclude")
+
     def decode(self, plan: VideoPlan, backend: str | None = None) -> torch.Tensor:
-        """The planned frames, augmented: (3, T, H, W) float32 on the CPU."""
+        """The planned frames, augmented clip by clip (clips may differ in resolution; each is
+        resized to `size`): (3, T, H, W) float32 on the CPU."""
         backend = backend or self.opt.decoder
-        frames = torch.cat([read_frames(path, idx, backend).cpu() for path, idx in plan.files])
-        if plan.box is None:
-            return augment_eval(frames, self.opt.size)
-        return augment_train(frames, plan.box, plan.flip, self.opt.size)
+        clips = []
+        for i, (path, idx) in enumerate(plan.files):
+            frames = read_frames(path, idx, backend).cpu()
+            box = plan.clip_box(i)
+            if box is not None and (box.top + box.height > frames.shape[1]
+                                    or box.left + box.width > frames.shape[2]):  # fmt: skip
+                raise VideoDecodeError(
+                    path,
+                    f"corrupt or truncated: frames are {frames.shape[2]}x{frames.shape[1]}, "
+                    "smaller than the container header says",
+                )
+            if box is None:
+                clips.append(augment_eval(frames, self.opt.size))
+            else:
+                clips.append(augment_train(frames, box, plan.flip, self.opt.size))
+        return torch.cat(clips, dim=1)
 
     def item(
         self,
@@ -197,43 +286,73 @@ class VideoTextDataset(Dataset):
         """`item(index)`, or in training a replacement when its video cannot be decoded: the
         event is logged with the path and reason and counted, in `failure_counts` (this
         process) and in the item's `decode_failures` (counts per FAILURE_KINDS, which travel
-        out of DataLoader workers with the batch; `Loader` sums them)."""
+        out of DataLoader workers with the batch; `Loader` sums them).
+
+        Replacements are the candidates of a stream seeded by (seed, epoch, index), tried in
+        order; candidate k is decoded with the random choices of attempt k. Items this process
+        already found unreadable are skipped without a decode, which changes nothing but the
+        time: the item served is a function of the seed, the epoch, the index and the files
+        alone, so a resumed run serves the same replacements. When more than
+        `max_bad_fraction` of the items requested from this process (judged after
+        min(MIN_ATTEMPTS_FOR_LIMIT, len(dataset)) requests) had an unreadable video,
+        TooManyBadVideos stops the run with the counts."""
         failures = torch.zeros(len(FAILURE_KINDS), dtype=torch.long)
-        for attempt in range(MAX_REPLACEMENTS + 1):
+        epoch = self.epoch if epoch is None else epoch
+        candidates = random.Random(hash((self.seed, epoch, index, "replacements")))
+        item = index
+        for k in range(MAX_REPLACEMENTS + 1):
+            if k > 0:
+                item = candidates.randrange(len(self))
+            if self.train and not self.opt.strict and self.known_unreadable(item):
+                if k == 0:  # counted as a replacement of its kind again, without a decode
+                    kind = FAILURE_KINDS[self._unreadable[item] - 1]
+                    self.failure_counts[kind] += 1
+                    failures[FAILURE_KINDS.index(kind)] += 1
+                    self._count_request(replaced=True)
+                continue
             try:
-                out = self.item(index, attempt, decode, epoch, backend)
-                out["decode_failures"] = failures
-                return out
+                out = self.item(item, k, decode, epoch, backend)
             except VideoDecodeError as exc:
                 if self.opt.strict or not self.train:
                     raise
                 kind = failure_kind(exc.reason)
                 self.failure_counts[kind] += 1
                 failures[FAILURE_KINDS.index(kind)] += 1
-                self.unreadable.add(index)
-                replacement = self._replacement(self._rng(index, attempt, epoch))
+                self._unreadable[item] = FAILURE_KINDS.index(kind) + 1
                 logger.warning(
-                    "unreadable video %s (%s); item %d replaced by %d",
-                    exc.path,
-                    exc.reason,
-                    index,
-                    replacement,
+                    "unreadable video %s (%s); item %d replaced", exc.path, exc.reason, item
                 )
-                index = replacement
-        raise RuntimeError(
-            f"{MAX_REPLACEMENTS + 1} videos in a row could not be decoded; see the warnings above"
+                if k == 0:
+                    self._count_request(replaced=True)
+                continue
+            if k == 0:
+                self._count_request(replaced=False)
+            out["decode_failures"] = failures
+            return out
+        raise TooManyBadVideos(
+            f"item {index} and its {MAX_REPLACEMENTS} replacement candidates are all unreadable "
+            f"({self._kinds()}); check data.video_root ({self.root})"
         )
 
-    def _replacement(self, rng: random.Random) -> int:
-        """A random item not known to be unreadable (the original drew from a 'reliable' list)."""
-        for _ in range(32):
-            index = rng.randrange(len(self))
-            if index not in self.unreadable:
-                return index
-        readable = [i for i in range(len(self)) if i not in self.unreadable]
-        if not readable:
-            raise RuntimeError(f"none of the {len(self)} items has a readable video")
-        return rng.choice(readable)
+    def known_unreadable(self, index: int) -> bool:
+        """Whether this process already failed to decode item `index`."""
+        return self._unreadable[index] != 0
+
+    def _count_request(self, replaced: bool) -> None:
+        self.items_requested += 1
+        self.items_replaced += int(replaced)
+        asked, bad = self.items_requested, self.items_replaced
+        enough = asked >= min(MIN_ATTEMPTS_FOR_LIMIT, len(self))
+        if replaced and enough and bad > self.opt.max_bad_fraction * asked:
+            raise TooManyBadVideos(
+                f"{bad} of the {asked} items this process served ({100 * bad / asked:.0f}%) had "
+                f"an unreadable video, more than data.max_bad_fraction="
+                f"{self.opt.max_bad_fraction} ({self._kinds()}); check data.video_root "
+                f"({self.root}) and the warnings above"
+            )
+
+    def _kinds(self) -> str:
+        return ", ".join(f"{n} {k}" for k, n in self.failure_counts.most_common()) or "none"
 
     def __getitem__(self, key) -> dict:
         """key: an index, or (epoch, index) from `EpochSampler` (workers never see set_epoch)."""
@@ -265,17 +384,21 @@ class PretrainDataset(VideoTextDataset):
 
     def plan_video(self, index, rng):
         clips = self.records[index]
+        if len(clips) < self.opt.num_clips:  # read_jsonl(min_clips=) refuses these at read time
+            raise AnnotationError(
+                f"{self._where(index)}: {len(clips)} clips, fewer than the "
+                f"{self.opt.num_clips} a sample takes"
+            )
         start = clip_window_start(len(clips), self.opt.num_clips, self.train, rng)
         window = clips[start : start + self.opt.num_clips]
         per_clip = self.opt.num_frames // self.opt.num_clips
+        for clip in window:  # absolute or '..' ids: an annotation error, before any file is read
+            path_in_root(self.root, clip["clip_id"], self._where(index))
         files = []
         for clip in window:
             path = str(self.root / clip["clip_id"].split(".")[0] / clip["clip_id"])
+            self._check_excluded(clip["clip_id"], path)
             files.append((path, clip_frame_indices(self.num_frames(path), per_clip)))
-        if len(files) < self.opt.num_clips:
-            raise VideoDecodeError(
-                files[0][0], f"the video has {len(files)} clips, fewer than {self.opt.num_clips}"
-            )
         plan = self._augment_plan(rng, files)
         plan.texts = [c["text"] for c in window]  # sentence m is aligned in time with clip m
         return plan
@@ -289,7 +412,7 @@ class RetrievalDataset(VideoTextDataset):
     M sentences (merged by the shortest-adjacent-pair rule)."""
 
     def plan_video(self, index, rng):
-        return self._whole_video_plan(self.records[index]["clip_id"], rng)
+        return self._whole_video_plan(self.records[index]["clip_id"], rng, self._where(index))
 
     def text_and_labels(self, index, rng, plan):
         text = self.records[index]["text"]
@@ -366,7 +489,7 @@ class ActNetQADataset(VideoTextDataset):
     """ActivityNet-QA (SPEC §9.4): the question alone, 1654-way label `answer`."""
 
     def plan_video(self, index, rng):
-        return self._whole_video_plan(self.records[index]["video_name"], rng)
+        return self._whole_video_plan(self.records[index]["video_name"], rng, self._where(index))
 
     def text_and_labels(self, index, rng, plan):
         r = self.records[index]
@@ -379,7 +502,7 @@ class VideoClassificationDataset(VideoTextDataset):
     """COIN / LVU (SPEC §9.5): video only; label `recipe_type`."""
 
     def plan_video(self, index, rng):
-        return self._whole_video_plan(self.records[index]["video_id"], rng)
+        return self._whole_video_plan(self.records[index]["video_id"], rng, self._where(index))
 
     def text_and_labels(self, index, rng, plan):
         return {"labels": torch.tensor(self.records[index]["recipe_type"])}
@@ -406,12 +529,15 @@ def build_dataset(
     num_candidates: int | None = None,
 ) -> VideoTextDataset:
     """Read and validate `annotations` (JSONL) and wrap them in the dataset class of `kind`.
-    num_classes / num_candidates: the model's, checked against every record (`read_jsonl`)."""
+    num_classes / num_candidates: the model's, checked against every record (`read_jsonl`);
+    pre-training records need at least `options.num_clips` clips."""
     if kind not in DATASETS:
         raise ValueError(f"dataset kind must be one of {sorted(DATASETS)}, got {kind!r}")
     cls, schema = DATASETS[kind]
-    records = read_jsonl(annotations, schema, num_classes, num_candidates)
-    return cls(records, video_root, train, options or DataOptions(), seed)
+    options = options or DataOptions()
+    min_clips = options.num_clips if schema == "pretrain" else 1  # the window a sample takes
+    records = read_jsonl(annotations, schema, num_classes, num_candidates, min_clips)
+    return cls(records, video_root, train, options, seed)
 
 
 class ExactDistributedSampler(Sampler):
@@ -565,9 +691,9 @@ def build_loader(
 
     decoder: "pyav" (a DataLoader; items decoded in `workers` processes, memory pinned when CUDA
     is there), "dali" (`lfvila.data.dali.DaliLoader`: whole batches decoded and augmented by
-    DALI on the GPU; an error when it cannot run) or "auto" (DALI when CUDA and DALI are there,
-    else PyAV; the reason is logged). progress: a tqdm description (None: no bar); give it on
-    rank 0 only.
+    DALI on the GPU, items planned and their files read in `workers` processes; an error when
+    it cannot run) or "auto" (DALI when CUDA and DALI are there, else PyAV; the reason is
+    logged). progress: a tqdm description (None: no bar); give it on rank 0 only.
     """
     if decoder not in ("pyav", "dali", "auto"):
         raise ValueError(f"decoder must be 'pyav', 'dali' or 'auto', got {decoder!r}")
@@ -591,8 +717,8 @@ def build_loader(
             from .dali import DaliLoader
 
             return Loader(
-                DaliLoader(dataset, sampler, batch_size, drop_last=train), sampler, progress,
-                batch_size, len(dataset),
+                DaliLoader(dataset, sampler, batch_size, drop_last=train, workers=workers),
+                sampler, progress, batch_size, len(dataset),
             )  # fmt: skip
         if decoder == "dali":
             raise ValueError("decoder 'dali' cannot run: " + "; ".join(reasons))

@@ -51,9 +51,29 @@ def data_options(cfg: Config, mlm_probability: float = 0.0, **overrides) -> Data
         mlm_probability=mlm_probability,
         strict=cfg.data.strict,
         exact_frame_counts=cfg.data.exact_frame_counts,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        exclude=_exclusions(cfg),
     )
     opts.update(overrides)
     return DataOptions(**opts)
+
+
+_EXCLUSIONS: dict = {}
+
+
+def _exclusions(cfg: Config):
+    """data.exclude read once per process (every dataset of a run shares it)."""
+    if cfg.data.exclude is None:
+        return None
+    from ..data.datasets import ClipExclusions
+
+    path = resolve(cfg, "data.exclude", cfg.data.exclude, "file")
+    stat = path.stat()
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _EXCLUSIONS:
+        _EXCLUSIONS[key] = ClipExclusions.from_file(path)
+        logger.info("data.exclude: %d ids from %s", len(_EXCLUSIONS[key]), path)
+    return _EXCLUSIONS[key]
 
 
 def loader(cfg: Config, dataset, world: World, train: bool, workers: int | None = None):

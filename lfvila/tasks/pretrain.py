@@ -90,11 +90,15 @@ class PretrainValidation:
 
 
 def _pretrain_records(cfg: Config, key: str, value: str):
+    """The records of `value` (JSONL or the original LMDB) as a sequence held in flat buffers
+    (a RecordTable) or read lazily (the LMDB, 8.5M records: never listed); a record with fewer
+    clips than a sample takes (model.video.num_clips) is an AnnotationError naming its line or
+    key (the LMDB's when it is read)."""
     path = resolve(cfg, key, value)
+    min_clips = cfg.model.video.num_clips
     if path.is_dir() or path.suffix in (".mdb", ".lmdb"):
-        lmdb = PretrainLMDB(path)
-        return [lmdb[i] for i in range(len(lmdb))]
-    return read_jsonl(path, "pretrain")
+        return PretrainLMDB(path, min_clips=min_clips)
+    return read_jsonl(path, "pretrain", min_clips=min_clips)
 
 
 def build_pretrain_data(cfg: Config, world: World, train: bool = True):

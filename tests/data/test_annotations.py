@@ -37,7 +37,7 @@ def test_good_records_read(tmp_path, task):
     path = _write(
         tmp_path / "a.jsonl", [json.dumps(GOOD[task]) + "\n", "\n", json.dumps(GOOD[task]) + "\n"]
     )
-    assert read_jsonl(path, task) == [GOOD[task], GOOD[task]]
+    assert list(read_jsonl(path, task)) == [GOOD[task], GOOD[task]]
 
 
 def test_nan_span_is_read(tmp_path):
@@ -114,7 +114,7 @@ def test_pretrain_lmdb(tmp_path):
         db[1]
     with pytest.raises(AnnotationError, match=r"train_db key 2: item 0 field 'text' must be"):
         db[2]
-    with pytest.raises(AnnotationError, match=r"train_db key 9: no such key"):
+    with pytest.raises(IndexError):  # past the end: iteration stops there
         db[9]
 
 
