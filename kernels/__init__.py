@@ -6,6 +6,8 @@ missing one becomes a reason string (see `can_run_triton`), never an ImportError
 Public API:
     window_attention(q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value,
         backend) -> Tensor          fused 3D (shifted) window attention with relative position bias
+    window_attention_qkv(qkv, ...)  the same on a packed (B, T, H, W, 3, heads, D) qkv, whose
+                                    gradient the kernels write in place (the module's path)
     window_attention_ref(...)       its pure-PyTorch specification
     WindowAttention3D               drop-in Video-Swin attention module on the fused path
     patch_torchvision_swin3d(model) run torchvision's video Swin attention on the fused path
@@ -33,6 +35,7 @@ from .window_attn import (
     patch_torchvision_swin3d,
     relative_position_index,
     window_attention,
+    window_attention_qkv,
     window_attention_ref,
 )
 
@@ -52,5 +55,6 @@ __all__ = [
     "relative_position_index",
     "sample_mtc_indices",
     "window_attention",
+    "window_attention_qkv",
     "window_attention_ref",
 ]

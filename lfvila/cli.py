@@ -10,6 +10,10 @@ Subcommands:
     attention-check  fused vs reference window attention at a real LF-VILA layer shape
     prepare          build pre-training data: `prepare longform` (annotations from HD-VILA-style
                      metadata), `prepare videos` (3 fps clips), `prepare check` (clips readable)
+    encode           a trained model's features: `encode videos` (a collection -> an index file,
+                     resumable, bad videos skipped and listed), `encode text` (paragraphs)
+    search           top-k videos of an index for paragraphs (`--query`), or its retrieval
+                     metrics against annotations (`--eval`)
 
 Config overrides follow the options as `section.key=value` (e.g. `train.lr=1e-4`).
 """
@@ -188,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .prepare.cli import add_parser as add_prepare_parser
 
     add_prepare_parser(sub)
+    from .encode_cli import add_parsers as add_encode_parsers
+
+    add_encode_parsers(sub)
     return parser
 
 

@@ -83,7 +83,11 @@ def contrastive_loss(
 
     Returns:
         0-dim fp32 loss: CE(a·bᵀ, diag) + CE(b·aᵀ, diag), each averaged over rows, summed.
-        Neither backend materialises the N×N logits; the Triton backward is deterministic.
+        Neither backend materialises the N×N logits. The Triton forward and backward are
+        deterministic (bitwise, run to run) for a given N and GPU model: the forward's column
+        split count follows the SM count. Neither backend reads a device value on the host,
+        so without `process_group` (or with CUDA tensors, whose gather trusts equal sizes) the
+        loss and its backward can be captured in a CUDA graph.
     """
     _check_features("a", a, 2, "(N, d)")
     _check_features("b", b, 2, "(N, d)")
@@ -113,6 +117,10 @@ def contrastive_loss(
 
 
 def _check_indices(indices, batch: int, clips: int, num_key: int, num_value: int, device):
+    """Shapes and dtypes always; values (range, repeats) on the host when the indices are CPU
+    tensors (free), with device-side asserts when they are CUDA tensors: no host sync, so the
+    loss can be captured in a CUDA graph (a failed assert surfaces at the next synchronisation
+    as a CUDA device-side assert)."""
     expected = {"keys": (batch, num_key), "values": (batch, num_value), "other": (batch,)}
     if not isinstance(indices, dict) or set(indices) != set(expected):
         raise ValueError(
@@ -124,18 +132,26 @@ def _check_indices(indices, batch: int, clips: int, num_key: int, num_value: int
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape or x.dtype != torch.int64:
             got = (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"indices['{name}'] must be int64 of shape {shape}, got {got}")
-        if x.numel() and (int(x.min()) < -1 or int(x.max()) >= clips):
-            raise ValueError(
-                f"indices['{name}'] holds {int(x.min())}..{int(x.max())}, outside [0, {clips}) "
-                "(-1 marks an absent entry)"
-            )
+        in_range = ((x >= -1) & (x < clips)).all()
+        unique = None
+        if name != "other":  # keys / values: distinct positions within a sample
+            present = x >= 0
+            dup = (x[:, :, None] == x[:, None, :]) & present[:, :, None] & present[:, None, :]
+            unique = (dup.sum((1, 2)) <= present.sum(1)).all()
+        range_text = f"outside [0, {clips}) (-1 marks an absent entry)"
+        dup_text = f"indices['{name}'] repeats a position within a sample"
+        if x.device.type == "cpu":
+            if x.numel() and not in_range:
+                raise ValueError(
+                    f"indices['{name}'] holds {int(x.min())}..{int(x.max())}, {range_text}"
+                )
+            if unique is not None and not unique:
+                raise ValueError(dup_text)
+        else:
+            torch._assert_async(in_range, f"indices['{name}'] holds values {range_text}")
+            if unique is not None:
+                torch._assert_async(unique, dup_text)
         out[name] = x.to(device)
-    for name in ("keys", "values"):
-        rows = out[name]
-        present = rows >= 0
-        dup = (rows[:, :, None] == rows[:, None, :]) & present[:, :, None] & present[:, None, :]
-        if (dup.sum((1, 2)) > present.sum(1)).any():
-            raise ValueError(f"indices['{name}'] repeats a position within a sample")
     return out
 
 
@@ -170,7 +186,9 @@ def mtc_loss(
             values or negatives; a sample with too few valid positions contributes no rows.
         generator: torch.Generator for the sampling (reproducible); ignored with `indices`.
         indices: dict(keys (B, num_key), values (B, num_value), other (B,)) int64 in [0, M)
-            (-1: absent); bypasses sampling.
+            (-1: absent); bypasses sampling. Shapes are checked always; values on the host for
+            CPU indices (ValueError) and by device-side asserts for CUDA indices (no sync).
+            Sampling runs on the host, so a CUDA graph must be given CUDA `indices`.
         backend: "auto", "triton" or "reference". The Triton backward uses float atomics (not
             bitwise deterministic).
 

@@ -30,17 +30,25 @@ class _GatherBatch(torch.autograd.Function):
         return grad[start : start + ctx.rows], None
 
 
-def gather_batch(x: torch.Tensor, process_group=None) -> torch.Tensor:
+def gather_batch(
+    x: torch.Tensor, process_group=None, check_sizes: bool | None = None
+) -> torch.Tensor:
     """(n, ...) on each rank -> (world * n, ...) in rank order, differentiable.
 
-    Raises ValueError when ranks hold different batch sizes (every rank must pass the same n).
+    Every rank must pass the same n. `check_sizes=True` all-gathers the sizes first and raises
+    ValueError when they differ: that reads a device value on the host (a sync, and no CUDA
+    graph capture). The default (None) checks only CPU tensors (gloo), where it costs no device
+    sync; CUDA tensors are trusted (shapes only), so the gather stays sync-free and capturable.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("process_group was given but torch.distributed is not initialised")
-    world = dist.get_world_size(process_group)
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device), group=process_group)
-    sizes = [int(s) for s in sizes]
-    if len(set(sizes)) != 1:
-        raise ValueError(f"every rank must pass the same batch size to the loss, got {sizes}")
+    if check_sizes is None:
+        check_sizes = x.device.type == "cpu"
+    if check_sizes:
+        world = dist.get_world_size(process_group)
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device), group=process_group)
+        sizes = [int(s) for s in sizes]
+        if len(set(sizes)) != 1:
+            raise ValueError(f"every rank must pass the same batch size to the loss, got {sizes}")
     return _GatherBatch.apply(x, process_group)

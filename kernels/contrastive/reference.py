@@ -6,7 +6,8 @@
   (a custom autograd Function recomputes them), so its memory stays O(N·d) at any N.
 - `mtc_loss_ref`: the Multimodal Temporal Contrastive loss with LF-VILA's exact sampling
   (keys, values, "other" negatives by batch roll, temporal-proximity labels, ties ignored),
-  written with explicit gathers: the readable statement of §7.4.
+  written with explicit gathers: the readable statement of §7.4. It reads no device value on
+  the host (the row count stays a tensor), so it can be captured in a CUDA graph too.
 - `sample_mtc_indices` / `mtc_labels`: the sampling and labelling both backends share.
 
 Matrix products run in the inputs' dtype (as PyTorch would compute them in bf16 or fp16);
@@ -127,7 +128,10 @@ def sample_mtc_indices(
     values = the first `num_value` of a second, independent one, other = the first entry of a
     third. With `valid` (B, M) bool, permutations run over valid positions only; a sample with too
     few valid positions gets -1 ("absent") where it has none left: it contributes no rows, and an
-    absent `other` is never a negative. Randomness comes from `generator` (CPU) only.
+    absent `other` is never a negative. Randomness comes from `generator` (CPU) only: sampling
+    runs on the host (a CUDA `valid` is copied to it, a sync), and results for a CUDA `device`
+    are copied from pinned memory without waiting for the stream. A CUDA graph cannot capture
+    the sampling: sample outside it and copy into the graph's static index tensors.
 
     Returns:
         dict(keys=(B, num_key), values=(B, num_value), other=(B,)) int64 on `device`.
@@ -144,7 +148,10 @@ def sample_mtc_indices(
         return torch.where(present, order, torch.full_like(order, -1))
 
     keys, values, other = permutation(num_key), permutation(num_value), permutation(1)[:, 0]
-    return {k: v.to(device) for k, v in dict(keys=keys, values=values, other=other).items()}
+    out = dict(keys=keys, values=values, other=other)
+    if torch.device(device).type == "cuda":  # pinned: the copies do not wait for the stream
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
+    return {k: v.to(device) for k, v in out.items()}
 
 
 def mtc_labels(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -192,16 +199,18 @@ def mtc_loss_ref(
     labels = mtc_labels(keys, values)  # (B, K)
     samples, positions = mtc_candidates(values, other, num_other_neg)  # (B, C)
     b = torch.arange(keys.shape[0], device=keys.device)
+    rows = labels >= 0
+    count = rows.sum().clamp(min=1)  # stays on the device: no host sync
     total = clip_feats.new_zeros((), dtype=_compute_dtype(clip_feats))
     for queries, pool in ((clip_feats, sent_feats), (sent_feats, clip_feats)):
         q = queries[b[:, None], keys.clamp(min=0)]  # (B, K, d)
         cand = pool[samples, positions.clamp(min=0)]  # (B, C, d)
         logits = torch.einsum("bkd,bcd->bkc", q, cand).to(total.dtype) / temperature
         logits = logits.masked_fill((positions < 0)[:, None, :], -math.inf)
-        rows = labels >= 0
-        if rows.any():
-            ce = torch.nn.functional.cross_entropy(logits[rows], labels[rows], reduction="mean")
-            total = total + ce
-        else:
-            total = total + 0.0 * logits.nan_to_num(0.0, 0.0, 0.0).sum()
+        # ignored rows: zeros (finite, so no NaN reaches the gradient), skipped by ignore_index
+        logits = torch.where(rows[:, :, None], logits, 0.0)  # (B, K, C)
+        ce = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        total = total + ce / count  # mean over counted rows; 0 when there are none
     return total

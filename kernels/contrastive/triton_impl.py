@@ -1,35 +1,102 @@
 """Triton kernels for the global InfoNCE and the MTC loss. Launchers only; autograd lives in
 function.py.
 
-InfoNCE (N pairs, d features, s = exp(log_scale)):
-- forward, one pass over the N×N logit tiles: each program owns a block of rows, runs an online
-  log-sum-exp along them, and for every tile also writes the tile's column max and column sum of
-  exps. Those (row blocks × N) partials are reduced in a fixed order into the column LSE: both
-  directions in one pass, O(N·N/BLOCK_M) extra memory, never N×N.
+InfoNCE (N pairs, d features, s = exp(log_scale); logits in log2 units inside the kernels):
+- forward, one pass over the N×N logit tiles on a 2-D grid (row blocks × column splits). Program
+  (i, j) runs an online log-sum-exp over split j's columns for row block i and writes one row
+  partial (the LSE of its rows over those columns); for every tile it also writes the tile's
+  column partial (the LSE of the tile's columns over row block i). Splits are chosen from the
+  SM count (`parallel_target`) so that a small N still fills the GPU; the choice is fixed per
+  (N, device), so results are bitwise reproducible there. A merge kernel then reduces the
+  (splits × N) row partials and (row blocks × N) column partials in a fixed order (no atomics)
+  into both LSEs, and computes the positives a_i·b_i·s in fp32. Both directions in one pass;
+  extra memory (row blocks + splits) × N floats, never N×N.
 - backward, tile recomputation: for each chunk of C columns a kernel recomputes the logit tiles
-  and writes (P + Q - 2·I) for that chunk (P row softmax, Q column softmax), then two GEMMs give
-  dA += G·B_J and dB_J = Gᵀ·A. Peak extra memory N·C, deterministic (no atomics).
+  and writes (P + Q - 2·I) for that chunk (P row softmax, Q column softmax) in the inputs'
+  dtype, then two GEMMs give dA += G·B_J and dB_J = Gᵀ·A. C keeps G within GRAD_BYTES; peak
+  extra memory G plus an fp32 (N, d) accumulator for dA; deterministic (no atomics).
+- tiles (`fwd_tiles`, `grad_tiles`): fp16/bf16 dots run on tensor cores with 128×128 tiles;
+  fp32 dots are IEEE (`dot_precision`), which run on the FMA units and take 64×64 tiles: larger
+  ones spill registers.
 MTC: one launch covers both directions; candidates are gathered by index inside the kernel.
 Its backward scatters candidate gradients with float atomics, so it is not bitwise deterministic.
+Nothing here reads a device value on the host: the launchers can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import dot_precision
+from .._triton_utils import dot_precision, parallel_target
 
 LN2 = 0.6931471805599453
 # Finite, not -inf: masked lanes must give exp2(NEG - m) = 0 without inf - inf = NaN.
 NEG = tl.constexpr(-1.0e30)
 
-# Forward row blocks of 128 halve the column partials ((N / BLOCK_M) x N floats, twice).
-FWD_BLOCK_M, BLOCK_M, BLOCK_N, BLOCK_K = 128, 64, 64, 64
-GRAD_CHUNK = 2048  # columns of G held at once in backward: N x 2048 elements
+GRAD_BYTES = 1 << 27  # G chunk held at once in backward: at most 128 MiB (N x C elements)
+MERGE_BLOCK, MERGE_BLOCK_D = 64, 32
+
+
+class Tiles(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+
+
+def fwd_tiles(dtype: torch.dtype, d: int) -> Tiles:
+    """Forward tile shape. ptxas for sm_90 at d = 1024 with the JIT's 16-divisibility
+    specialisation (registers, spill bytes, shared memory with 3 pipeline stages):
+
+    - fp16/bf16: 128×128 tensor-core tiles, BLOCK_K 32, 8 warps: 182 regs, 0 spills, 48 KiB.
+      BLOCK_K 64 also fits (251 regs, 96 KiB) but leaves no register headroom for the online-LSE
+      work on the fp32 tile; without the alignment specialisation (d not a multiple of 16)
+      BLOCK_K 64 spills 112 bytes, BLOCK_K 32 none.
+    - fp32 (IEEE dots on the FMA units): 64×64, BLOCK_K 32, 8 warps: 128 regs, 0 spills (168 at
+      d = 72). The former 128×64, BLOCK_K 64 spilled 76 bytes at d = 72.
+    """
+    block_k = max(16, min(32, triton.next_power_of_2(d)))
+    if dtype == torch.float32:
+        return Tiles(64, 64, block_k, 8)
+    return Tiles(128, 128, block_k, 8)
+
+
+def grad_tiles(dtype: torch.dtype, d: int) -> Tiles:
+    """Backward G-tile shape (same checks): fp16/bf16 128×128, BLOCK_K 32, 8 warps: 172 regs,
+    0 spills, 48 KiB (BLOCK_K 64: 178 regs, 96 KiB, but 4 spill bytes when d is not a multiple
+    of 16); fp32 64×64, BLOCK_K 32, 4 warps: 128 regs, 0 spills (214 at d = 72; the former
+    BLOCK_K 64 spilled 4 bytes, 336 at d = 72)."""
+    block_k = max(16, min(32, triton.next_power_of_2(d)))
+    if dtype == torch.float32:
+        return Tiles(64, 64, block_k, 4)
+    return Tiles(128, 128, block_k, 8)
+
+
+def fwd_grid(n: int, tiles: Tiles, device: torch.device, splits: int | None = None):
+    """(row blocks, column splits, columns per split) of the forward launch.
+
+    Splits: enough programs for `parallel_target(device)` (4 per SM on a GPU), never more than
+    the column tiles and never an empty split. Fixed per (N, device), so reproducible there.
+    """
+    row_blocks, col_tiles = triton.cdiv(n, tiles.block_m), triton.cdiv(n, tiles.block_n)
+    if splits is None:
+        splits = triton.cdiv(parallel_target(device), row_blocks)
+    splits = max(1, min(splits, col_tiles))
+    tiles_per_split = triton.cdiv(col_tiles, splits)
+    splits = triton.cdiv(col_tiles, tiles_per_split)
+    return row_blocks, splits, tiles_per_split * tiles.block_n
+
+
+def grad_chunk(n: int, dtype: torch.dtype, block_n: int, chunk: int | None = None) -> int:
+    """Columns of G per backward step: G (N × C) within GRAD_BYTES, a multiple of block_n."""
+    if chunk is None:
+        chunk = max(block_n, GRAD_BYTES // (n * dtype.itemsize) // block_n * block_n)
+    return min(chunk, n)
 
 
 def _on_device(x: torch.Tensor):
@@ -37,20 +104,24 @@ def _on_device(x: torch.Tensor):
 
 
 @triton.jit
-def _logits_tile(A, B, rows, cols, n, d, s_am, s_bm, scale_log2, BLOCK_K: tl.constexpr,
+def _logits_tile(A, B, rows_left, cols_left, d, s_am, s_bm, scale_log2, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  DOT_PRECISION: tl.constexpr):  # fmt: skip
-    """(BLOCK_M, BLOCK_N) logits a_rows · b_colsᵀ · scale in log2 units, fp32 accumulator."""
-    acc = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
+    """(BLOCK_M, BLOCK_N) logits of the tile whose first row / column A / B point at, times
+    scale, in log2 units; fp32 accumulator. Rows / columns past rows_left / cols_left read 0."""
+    r = tl.arange(0, BLOCK_M)
+    c = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, d, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(
-            A + rows[:, None] * s_am + k[None, :],
-            mask=(rows < n)[:, None] & (k < d)[None, :],
+            A + r[:, None] * s_am + k[None, :],
+            mask=(r < rows_left)[:, None] & (k < d)[None, :],
             other=0.0,
         )
         b = tl.load(
-            B + cols[:, None] * s_bm + k[None, :],
-            mask=(cols < n)[:, None] & (k < d)[None, :],
+            B + c[:, None] * s_bm + k[None, :],
+            mask=(c < cols_left)[:, None] & (k < d)[None, :],
             other=0.0,
         )
         acc += tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
@@ -59,33 +130,85 @@ def _logits_tile(A, B, rows, cols, n, d, s_am, s_bm, scale_log2, BLOCK_K: tl.con
 
 @triton.jit
 def _infonce_fwd_kernel(
-    A, B, LOG_SCALE, LSE_ROW, COL_MAX, COL_SUM, n, d, s_am, s_bm,
+    A, B, LOG_SCALE, ROW_PART, COL_PART, n, d, cols_per_split, s_am, s_bm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
+    """Program (i, j): row block i × column split j. ROW_PART[j, rows] = log2-sum-exp of the
+    rows over the split's columns; COL_PART[i, cols] = log2-sum-exp of each column over row
+    block i (one float per partial, not a (max, sum) pair: half the scratch)."""
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)  # tl.dot tiles
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    row0 = pid_m * BLOCK_M
+    r = tl.arange(0, BLOCK_M)
+    c = tl.arange(0, BLOCK_N)
+    row_ok = r < n - row0
+    # int64 bases: N·d and (row blocks)·N may pass 2^31; offsets within a tile stay int32
+    A_blk = A + row0.to(tl.int64) * s_am
+    col_part = COL_PART + pid_m.to(tl.int64) * n
     scale_log2 = tl.exp(tl.load(LOG_SCALE).to(tl.float32)) * 1.4426950408889634
     m_i = tl.full([BLOCK_M], NEG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    for j0 in range(0, n, BLOCK_N):
-        cols = j0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < n
-        s = _logits_tile(A, B, rows, cols, n, d, s_am, s_bm, scale_log2, BLOCK_K, DOT_PRECISION)
+    col_start = pid_s * cols_per_split
+    col_end = tl.minimum(col_start + cols_per_split, n)
+    B_tile = B + col_start.to(tl.int64) * s_bm
+    for j0 in range(col_start, col_end, BLOCK_N):
+        col_ok = c < n - j0
+        s = _logits_tile(A_blk, B_tile, n - row0, n - j0, d, s_am, s_bm, scale_log2, BLOCK_M,
+                         BLOCK_N, BLOCK_K, DOT_PRECISION)  # fmt: skip
+        B_tile += BLOCK_N * s_bm
         # rows: online log-sum-exp over this tile's valid columns
         s_rows = tl.where(col_ok[None, :], s, NEG)
         m_new = tl.maximum(m_i, tl.max(s_rows, 1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s_rows - m_new[:, None]), 1)
         m_i = m_new
-        # columns: this row block's partial max and sum of exps, reduced on the host in order
+        # columns: this row block's partial log-sum-exp, merged across row blocks in order
         s_cols = tl.where(row_ok[:, None], s, NEG)
         c_max = tl.max(s_cols, 0)
-        c_sum = tl.sum(tl.exp2(s_cols - c_max[None, :]), 0)
-        tl.store(COL_MAX + pid * n + cols, c_max, mask=col_ok)
-        tl.store(COL_SUM + pid * n + cols, c_sum, mask=col_ok)
-    tl.store(LSE_ROW + rows, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=row_ok)
+        c_lse = c_max + tl.log2(tl.sum(tl.exp2(s_cols - c_max[None, :]), 0))
+        tl.store(col_part + j0 + c, c_lse, mask=col_ok)
+    tl.store(ROW_PART + pid_s.to(tl.int64) * n + row0 + r, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _merge_parts(PART, parts, n, idx, ok):
+    """log2-sum-exp over `parts` partials PART[p, idx], p = 0, 1, ... in that fixed order."""
+    m = tl.full(idx.shape, NEG, tl.float32)
+    total = tl.zeros(idx.shape, tl.float32)
+    ptr = PART + idx
+    for _ in range(0, parts):
+        x = tl.load(ptr, mask=ok, other=NEG)
+        m_new = tl.maximum(m, x)
+        total = total * tl.exp2(m - m_new) + tl.exp2(x - m_new)
+        m = m_new
+        ptr += n  # pointer arithmetic is 64-bit: parts × N may pass 2^31
+    return m + tl.log2(total)
+
+
+@triton.jit
+def _infonce_merge_kernel(
+    A, B, LOG_SCALE, ROW_PART, row_parts, COL_PART, col_parts, LSE_ROW, LSE_COL, TERM, n, d,
+    s_am, s_bm, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Item i: lse_row_i, lse_col_i (natural log) and TERM_i = lse_row_i + lse_col_i - 2·s_ii,
+    the positive s_ii = s·a_i·b_i from fp32 products (as the reference computes it)."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < n
+    lse_r = _merge_parts(ROW_PART, row_parts, n, idx, ok) * 0.6931471805599453
+    lse_c = _merge_parts(COL_PART, col_parts, n, idx, ok) * 0.6931471805599453
+    idx64 = idx.to(tl.int64)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for k0 in range(0, d, BLOCK_D):
+        k = k0 + tl.arange(0, BLOCK_D)
+        mask = ok[:, None] & (k < d)[None, :]
+        a = tl.load(A + idx64[:, None] * s_am + k[None, :], mask=mask, other=0.0)
+        b = tl.load(B + idx64[:, None] * s_bm + k[None, :], mask=mask, other=0.0)
+        acc += tl.sum(a.to(tl.float32) * b.to(tl.float32), 1)
+    diag = acc * tl.exp(tl.load(LOG_SCALE).to(tl.float32))
+    tl.store(LSE_ROW + idx, lse_r, mask=ok)
+    tl.store(LSE_COL + idx, lse_c, mask=ok)
+    tl.store(TERM + idx, lse_r + lse_c - 2.0 * diag, mask=ok)
 
 
 @triton.jit
@@ -99,42 +222,56 @@ def _infonce_grad_kernel(
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_K >= 16)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    local = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = col0 + local
-    valid = (rows < n)[:, None] & ((cols < n) & (local < chunk))[None, :]
+    row0 = pid_m * BLOCK_M
+    loc0 = pid_n * BLOCK_N  # first column of this tile within the chunk
+    r = tl.arange(0, BLOCK_M)
+    c = tl.arange(0, BLOCK_N)
+    rows = row0 + r
+    cols = col0 + loc0 + c
+    cols_left = tl.minimum(n - col0, chunk) - loc0
+    valid = (r < n - row0)[:, None] & (c < cols_left)[None, :]
     scale_log2 = tl.exp(tl.load(LOG_SCALE).to(tl.float32)) * 1.4426950408889634
-    s = _logits_tile(A, B, rows, cols, n, d, s_am, s_bm, scale_log2, BLOCK_K, DOT_PRECISION)
+    s = _logits_tile(A + row0.to(tl.int64) * s_am, B + (col0 + loc0).to(tl.int64) * s_bm,
+                     n - row0, cols_left, d, s_am, s_bm, scale_log2, BLOCK_M, BLOCK_N, BLOCK_K,
+                     DOT_PRECISION)  # fmt: skip
     lse_r = tl.load(LSE_ROW + rows, mask=rows < n, other=0.0) * 1.4426950408889634
-    lse_c = tl.load(LSE_COL + cols, mask=cols < n, other=0.0) * 1.4426950408889634
+    lse_c = tl.load(LSE_COL + cols, mask=c < cols_left, other=0.0) * 1.4426950408889634
     g = tl.exp2(s - lse_r[:, None]) + tl.exp2(s - lse_c[None, :])
     g = tl.where(rows[:, None] == cols[None, :], g - 2.0, g)  # both labels sit on the diagonal
     g = tl.where(valid, g, 0.0)
-    tl.store(G + rows[:, None] * s_gm + local[None, :], g.to(G.dtype.element_ty), mask=valid)
+    G_blk = G + row0.to(tl.int64) * s_gm + loc0
+    tl.store(G_blk + r[:, None] * s_gm + c[None, :], g.to(G.dtype.element_ty), mask=valid)
     part = tl.sum(tl.sum(g * (s * 0.6931471805599453), 1), 0)
     tl.store(DLS_PART + pid_m * tl.num_programs(1) + pid_n, part)
 
 
-def infonce_fwd(a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tensor):
-    """a, b: (N, d), unit stride in d; log_scale: 0-dim. Returns (loss fp32, lse_row, lse_col)."""
+def infonce_fwd(a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tensor,
+                splits: int | None = None):  # fmt: skip
+    """a, b: (N, d), unit stride in d; log_scale: 0-dim. Returns (loss fp32, lse_row, lse_col).
+
+    `splits` overrides the number of column splits (tests); by default `fwd_grid` picks it.
+    """
     n, d = a.shape
-    n_row_blocks = triton.cdiv(n, FWD_BLOCK_M)
+    tiles = fwd_tiles(a.dtype, d)
+    row_blocks, splits, cols_per_split = fwd_grid(n, tiles, a.device, splits)
     f32 = dict(dtype=torch.float32, device=a.device)
-    lse_row = torch.empty(n, **f32)
-    col_max = torch.empty((n_row_blocks, n), **f32)
-    col_sum = torch.empty((n_row_blocks, n), **f32)
+    row_part = torch.empty((splits, n), **f32)
+    col_part = torch.empty((row_blocks, n), **f32)
+    lse_row, lse_col, term = (torch.empty(n, **f32) for _ in range(3))
     log_scale32 = log_scale.detach().float().reshape(1)
     with _on_device(a):
-        _infonce_fwd_kernel[(n_row_blocks,)](
-            a, b, log_scale32, lse_row, col_max, col_sum, n, d, a.stride(0), b.stride(0),
-            BLOCK_M=FWD_BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            DOT_PRECISION=dot_precision(a.dtype), num_warps=8,
+        _infonce_fwd_kernel[(row_blocks, splits)](
+            a, b, log_scale32, row_part, col_part, n, d, cols_per_split, a.stride(0),
+            b.stride(0), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+            DOT_PRECISION=dot_precision(a.dtype), num_warps=tiles.num_warps,
         )  # fmt: skip
-    # column log-sum-exp from the per-row-block partials (log2 units), in a fixed order
-    top = col_max.amax(dim=0)
-    lse_col = (top + torch.log2((col_sum * torch.exp2(col_max - top)).sum(0))) * LN2
-    diag = log_scale32.exp() * (a.float() * b.float()).sum(-1)
-    loss = (lse_row - diag).mean() + (lse_col - diag).mean()
+        _infonce_merge_kernel[(triton.cdiv(n, MERGE_BLOCK),)](
+            a, b, log_scale32, row_part, splits, col_part, row_blocks, lse_row, lse_col, term,
+            n, d, a.stride(0), b.stride(0), BLOCK=MERGE_BLOCK,
+            BLOCK_D=min(MERGE_BLOCK_D, triton.next_power_of_2(d)), num_warps=4,
+        )  # fmt: skip
+    del row_part, col_part  # freed before anything else is allocated
+    loss = term.sum() / n  # mean(lse_row - diag) + mean(lse_col - diag), fixed-order sum
     return loss, lse_row, lse_col
 
 
@@ -142,33 +279,42 @@ def infonce_bwd(grad, a, b, log_scale, lse_row, lse_col, chunk: int | None = Non
     """Gradients (da, db, dlog_scale) of the loss of `infonce_fwd` for upstream `grad` (0-dim).
 
     Deterministic: G chunks are written, not accumulated, and every sum runs in a fixed order.
+    `chunk` overrides the columns of G per step (tests); by default `grad_chunk` picks it.
     """
     n, d = a.shape
-    chunk = min(chunk or GRAD_CHUNK, n)
-    log_scale32 = log_scale.detach().float().reshape(1)
+    tiles = grad_tiles(a.dtype, d)
     g_dtype = a.dtype if a.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    chunk = grad_chunk(n, g_dtype, tiles.block_n, chunk)
+    log_scale32 = log_scale.detach().float().reshape(1)
     G = torch.empty((n, chunk), dtype=g_dtype, device=a.device)
     da = torch.zeros((n, d), dtype=torch.float32, device=a.device)  # sums over column chunks
     db = torch.empty((n, d), dtype=b.dtype, device=a.device)  # each chunk's rows are final
     factor = grad.float() / n  # G holds P + Q - 2I; dL/dlogits = G * grad / N
     coef = factor * log_scale32.exp()  # dlogits/da = scale * b
-    grid_m, grid_n = triton.cdiv(n, BLOCK_M), triton.cdiv(chunk, BLOCK_N)
+    grid_m = triton.cdiv(n, tiles.block_m)
+    a_g = a.to(g_dtype)
     parts = []
     with _on_device(a):
         for col0 in range(0, n, chunk):
             width = min(chunk, n - col0)
+            grid_n = triton.cdiv(width, tiles.block_n)
             dls_part = torch.empty(grid_m * grid_n, dtype=torch.float32, device=a.device)
-            _infonce_grad_kernel[(grid_m, triton.cdiv(width, BLOCK_N))](
+            _infonce_grad_kernel[(grid_m, grid_n)](
                 a, b, log_scale32, lse_row, lse_col, G, dls_part, n, d, col0, width,
-                a.stride(0), b.stride(0), G.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                BLOCK_K=BLOCK_K, DOT_PRECISION=dot_precision(a.dtype), num_warps=4,
+                a.stride(0), b.stride(0), G.stride(0), BLOCK_M=tiles.block_m,
+                BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+                DOT_PRECISION=dot_precision(a.dtype), num_warps=tiles.num_warps,
             )  # fmt: skip
-            parts.append(dls_part[: grid_m * triton.cdiv(width, BLOCK_N)])
+            parts.append(dls_part)
             g_j = G[:, :width]
             cols = slice(col0, col0 + width)
-            da += (g_j @ b[cols].to(g_dtype)).float()
-            db[cols] = ((g_j.t() @ a.to(g_dtype)).float() * coef).to(b.dtype)
-    da = (da * coef).to(a.dtype)
+            b_j = b[cols].to(g_dtype)
+            if g_dtype == torch.float32:
+                da.addmm_(g_j, b_j)  # in place: no (N, d) temporary
+            else:  # the product in the inputs' dtype (one (N, d) temporary), summed in fp32
+                da += g_j @ b_j
+            db[cols] = ((g_j.t() @ a_g).float() * coef).to(b.dtype)
+    da = da.mul_(coef).to(a.dtype)
     dlog_scale = (torch.cat(parts).sum() * factor).to(log_scale.dtype).reshape(log_scale.shape)
     return da, db, dlog_scale
 
@@ -307,7 +453,10 @@ def _mtc_bwd_kernel(
         )
 
 
-MTC_BLOCK_R, MTC_BLOCK_D = 16, 128
+# ptxas, sm_90, d = 1024, bf16 (registers / spill bytes, forward and backward): 16×128 at 4
+# warps spilled in backward (93 / 0, 255 / 160; fp32 255 / 404: five candidate tiles and their
+# atomics with 64-bit addresses each); 8×64 at 4 warps: 55 / 0 and 88 / 0 (fp32 96 / 0).
+MTC_BLOCK_R, MTC_BLOCK_D, MTC_WARPS = 8, 64, 4
 
 
 def _mtc_launch(feats, keys, values, other, num_other_neg):
@@ -318,7 +467,8 @@ def _mtc_launch(feats, keys, values, other, num_other_neg):
     labels = mtc_labels(keys, values)
     nc = samples.shape[1]
     consts = dict(NK=keys.shape[1], NC=nc, NCP=triton.next_power_of_2(nc), BLOCK_R=MTC_BLOCK_R,
-                  BLOCK_D=min(MTC_BLOCK_D, triton.next_power_of_2(d)))  # fmt: skip
+                  BLOCK_D=min(MTC_BLOCK_D, triton.next_power_of_2(d)),
+                  num_warps=MTC_WARPS)  # fmt: skip
     args = (keys.contiguous(), labels.contiguous(), samples.contiguous(), positions.contiguous())
     n_rows_dir = batch * keys.shape[1]
     count = (labels >= 0).sum().to(torch.float32)

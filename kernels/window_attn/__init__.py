@@ -6,6 +6,7 @@ from .dispatch import (
     can_run_cuda,
     can_run_triton,
     window_attention,
+    window_attention_qkv,
 )
 from .reference import relative_position_index, window_attention_ref
 from .torchvision_patch import patch_torchvision_swin3d
@@ -18,5 +19,6 @@ __all__ = [
     "patch_torchvision_swin3d",
     "relative_position_index",
     "window_attention",
+    "window_attention_qkv",
     "window_attention_ref",
 ]

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._backend import ext_missing_reason, load_ext
 from .._dispatch import choose_backend, triton_device_reasons
-from .function import WindowAttentionFunction
+from .function import WindowAttentionFunction, WindowAttentionQKVFunction
 from .geometry import window_geometry
 from .reference import relative_position_index, window_attention_ref
 
@@ -196,6 +196,45 @@ def window_attention(
     )  # fmt: skip
 
 
+def window_attention_qkv(
+    qkv: torch.Tensor,
+    window_size: tuple[int, int, int],
+    shift_size: tuple[int, int, int] = (0, 0, 0),
+    rel_pos_bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    pad_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mask_value: float = -100.0,
+    backend: str = "auto",
+    clamped_index: str = "effective",
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """`window_attention` on a packed qkv: (B, T, H, W, 3, heads, D), e.g. one qkv projection's
+    output viewed as such. Same arguments and result as `window_attention(*qkv.unbind(4), ...)`.
+
+    On the fused path the kernels read q, k and v in place and the backward writes the packed
+    gradient directly (no stack of dq, dk, dv).
+    """
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 7 or qkv.shape[4] != 3:
+        got = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
+        raise ValueError(f"qkv must have shape (B, T, H, W, 3, heads, head_dim), got {got}")
+    q, k, v = qkv.unbind(4)
+    window, shift = _validate(
+        q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value, clamped_index
+    )
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    chosen = _choose_backend(backend, q, k, v, dropout_p)
+    if chosen == "reference":
+        return window_attention_ref(
+            q, k, v, window, shift, rel_pos_bias, scale, pad_kv, mask_value, clamped_index,
+            dropout_p,
+        )  # fmt: skip
+    k_pad, v_pad = (p.contiguous() for p in pad_kv) if pad_kv is not None else (None, None)
+    return WindowAttentionQKVFunction.apply(
+        qkv, rel_pos_bias, k_pad, v_pad, window, shift, scale, float(mask_value), clamped_index,
+        chosen,
+    )  # fmt: skip
+
+
 class WindowAttention3D(nn.Module):
     """Video-Swin's `WindowAttention3D` on the fused path; same parameter and buffer names.
 
@@ -254,7 +293,8 @@ def attention_block(
     Padding tokens take part with key/value = the qkv bias (zero without one), exactly as
     Video-Swin's zero padding of x before its projection. On the CPU q, k and v come from three
     GEMMs (contiguous outputs: measured faster there than one GEMM and strided views); on a GPU
-    from one GEMM, whose strided views the kernel reads directly.
+    from one GEMM as one packed tensor (`window_attention_qkv`): the kernels read it in place
+    and write its gradient in place. pad_kv is passed only when the map has padding tokens.
     """
     B, T, H, W, C = x.shape
     head_dim = C // num_heads
@@ -269,14 +309,18 @@ def attention_block(
             nn.functional.linear(x, w, b).view(B, T, H, W, num_heads, head_dim)
             for w, b in zip(weights, biases)
         )
+    if window_geometry((T, H, W), window_size, shift_size).has_padding:
+        if qkv.bias is not None:
+            _, k_pad, v_pad = qkv.bias.view(3, num_heads, head_dim)
+        else:  # zero-padded x through a bias-free projection: zero keys and values
+            k_pad = v_pad = x.new_zeros(num_heads, head_dim)
+        pad_kv = (k_pad, v_pad)
     else:
-        q, k, v = qkv(x).view(B, T, H, W, 3, num_heads, head_dim).unbind(4)
-    if qkv.bias is not None:
-        _, k_pad, v_pad = qkv.bias.view(3, num_heads, head_dim)
-    else:  # zero-padded x through a bias-free projection: zero keys and values
-        k_pad = v_pad = x.new_zeros(num_heads, head_dim)
-    o = window_attention(
-        q, k, v, window_size, shift_size, table, scale, (k_pad, v_pad), backend=backend,
-        clamped_index=clamped_index, dropout_p=dropout_p,
-    )  # fmt: skip
+        pad_kv = None  # no padding token: the kernels skip the pad path and its reductions
+    common = dict(backend=backend, clamped_index=clamped_index, dropout_p=dropout_p)
+    if x.device.type == "cpu":
+        o = window_attention(q, k, v, window_size, shift_size, table, scale, pad_kv, **common)
+    else:
+        packed = qkv(x).view(B, T, H, W, 3, num_heads, head_dim)
+        o = window_attention_qkv(packed, window_size, shift_size, table, scale, pad_kv, **common)
     return o.reshape(B, T, H, W, C)

@@ -5,10 +5,15 @@ has a kernel): an impl exposes `fwd(q, k, v, table, k_pad, v_pad, window_size, s
 mask_value, clamped_index) -> (o, lse)` and `bwd(do, q, k, v, o, lse, table, k_pad, v_pad, ...)
 -> (dq, dk, dv, dtable, dk_pad, dv_pad)`.
 
-For torch.compile the launchers are also registered as the custom ops `lfvila::window_attn_fwd`
-and `lfvila::window_attn_bwd` with fake (meta) implementations, so a compiled model traces through
-them without a graph break. `LFVILA_DISABLE_TORCH_OPS=1` calls the launchers directly instead;
-the Function body is the same either way. The variable is read once, at import.
+`WindowAttentionQKVFunction` is the same over a packed qkv (B, T, H, W, 3, heads, D): the kernels
+read its three views in place and the backward writes the packed gradient directly, so autograd
+never stacks dq, dk, dv (the module's path on a GPU).
+
+For torch.compile the launchers are also registered as the custom ops `lfvila::window_attn_fwd`,
+`lfvila::window_attn_bwd`, `lfvila::window_attn_fwd_qkv` and `lfvila::window_attn_bwd_qkv` with
+fake (meta) implementations, so a compiled model traces through them without a graph break.
+`LFVILA_DISABLE_TORCH_OPS=1` calls the launchers directly instead; the Function body is the
+same either way. The variable is read once, at import.
 
 Backward is deterministic (see triton_impl): two runs give bitwise-identical gradients.
 """
@@ -129,4 +134,117 @@ class WindowAttentionFunction(torch.autograd.Function):
         q, k, v, o, lse, table, k_pad, v_pad = ctx.saved_tensors
         grads = _run_bwd(ctx.impl, do, q, k, v, o, lse, table, k_pad, v_pad, *ctx.args)
         grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
+        return (*grads, None, None, None, None, None, None)
+
+
+# Packed qkv: the module's one projection output (B, T, H, W, 3, heads, D) goes in as one tensor,
+# and its gradient comes out as one tensor written in place by the kernels: autograd never has to
+# stack three separate dq, dk, dv (a full extra read and write of the gradient).
+
+
+def _fwd_qkv(impl, qkv, table, k_pad, v_pad, window, shift, scale, mask_value, clamped_index):
+    q, k, v = qkv.unbind(4)
+    return _launchers(impl).fwd(
+        q, k, v, table, k_pad, v_pad, tuple(window), tuple(shift), scale, mask_value,
+        clamped_index,
+    )  # fmt: skip
+
+
+def _bwd_qkv(impl, do, qkv, o, lse, table, k_pad, v_pad, window, shift, scale, mask_value, ci):
+    """-> (dqkv, dtable, dk_pad, dv_pad), absent inputs' gradients None."""
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    _, _, _, dtable, dk_pad, dv_pad = _launchers(impl).bwd(
+        do, *qkv.unbind(4), o, lse, table, k_pad, v_pad, tuple(window), tuple(shift), scale,
+        mask_value, ci, grads_out=tuple(dqkv.unbind(4)),
+    )  # fmt: skip
+    return dqkv, dtable, dk_pad, dv_pad
+
+
+@torch.library.custom_op("lfvila::window_attn_fwd_qkv", mutates_args=())
+def _fwd_qkv_op(
+    qkv: Tensor,
+    table: Tensor | None,
+    k_pad: Tensor | None,
+    v_pad: Tensor | None,
+    window_size: list[int],
+    shift_size: list[int],
+    scale: float,
+    mask_value: float,
+    clamped_index: str,
+    impl: str,
+) -> tuple[Tensor, Tensor]:
+    return _fwd_qkv(
+        impl, qkv, table, k_pad, v_pad, window_size, shift_size, scale, mask_value, clamped_index
+    )
+
+
+@_fwd_qkv_op.register_fake
+def _fwd_qkv_fake(qkv, table, k_pad, v_pad, window_size, shift_size, scale, mv, ci, impl):
+    shape = (*qkv.shape[:4], *qkv.shape[5:])
+    return qkv.new_empty(shape), qkv.new_empty(shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("lfvila::window_attn_bwd_qkv", mutates_args=())
+def _bwd_qkv_op(
+    do: Tensor,
+    qkv: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    table: Tensor | None,
+    k_pad: Tensor | None,
+    v_pad: Tensor | None,
+    window_size: list[int],
+    shift_size: list[int],
+    scale: float,
+    mask_value: float,
+    clamped_index: str,
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    grads = _bwd_qkv(
+        impl, do, qkv, o, lse, table, k_pad, v_pad, window_size, shift_size, scale, mask_value,
+        clamped_index,
+    )  # fmt: skip
+    return tuple(g if g is not None else qkv.new_empty(0) for g in grads)
+
+
+@_bwd_qkv_op.register_fake
+def _bwd_qkv_fake(do, qkv, o, lse, table, k_pad, v_pad, window_size, shift_size, sc, mv, ci, im):
+    def like(x):
+        return x.new_empty(x.shape) if x is not None else qkv.new_empty(0)
+
+    return qkv.new_empty(qkv.shape), like(table), like(k_pad), like(v_pad)
+
+
+class WindowAttentionQKVFunction(torch.autograd.Function):
+    """o = window attention over a packed qkv (B, T, H, W, 3, heads, D); gradients for the packed
+    tensor (written in place, no stack), the table and pad_kv."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx, qkv, table, k_pad, v_pad, window_size, shift_size, scale, mask_value, clamped_index,
+        impl,
+    ):  # fmt: skip
+        args = (list(window_size), list(shift_size), float(scale), float(mask_value), clamped_index)
+        if USE_TORCH_OPS:
+            o, lse = torch.ops.lfvila.window_attn_fwd_qkv(qkv, table, k_pad, v_pad, *args, impl)
+        else:
+            o, lse = _fwd_qkv(impl, qkv, table, k_pad, v_pad, *args)
+        if any(ctx.needs_input_grad[:4]):
+            ctx.save_for_backward(qkv, o, lse, table, k_pad, v_pad)
+        ctx.args, ctx.impl = args, impl
+        return o
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, do):
+        qkv, o, lse, table, k_pad, v_pad = ctx.saved_tensors
+        inputs = (qkv, table, k_pad, v_pad)
+        if USE_TORCH_OPS:
+            grads = torch.ops.lfvila.window_attn_bwd_qkv(do, *inputs[:1], o, lse, *inputs[1:],
+                                                         *ctx.args, ctx.impl)  # fmt: skip
+            grads = [None if x is None else g for g, x in zip(grads, inputs)]
+        else:
+            grads = _bwd_qkv(ctx.impl, do, qkv, o, lse, table, k_pad, v_pad, *ctx.args)
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])]
         return (*grads, None, None, None, None, None, None)

@@ -23,6 +23,7 @@ reference and the kernels agree on (SPEC.md §4.3-4.4, Decision 4e):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 Triple = tuple[int, int, int]
@@ -98,7 +99,19 @@ def window_geometry(
     shift_size: Triple = (0, 0, 0),
     clamped_index: str = "effective",
 ) -> WindowGeometry:
-    """Apply Video-Swin's clamping rule to a (T, H, W) map; see the module docstring."""
+    """Apply Video-Swin's clamping rule to a (T, H, W) map; see the module docstring.
+
+    Cached: every call of a layer shape after the first is a dictionary lookup (host path).
+    """
+    return _window_geometry(
+        tuple(int(s) for s in size), tuple(window_size), tuple(shift_size), clamped_index
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _window_geometry(
+    size: Triple, window_size: Triple, shift_size: Triple, clamped_index: str
+) -> WindowGeometry:
     window = tuple(min(s, w) for s, w in zip(size, window_size))
     shift = tuple(0 if s <= w else sh for s, w, sh in zip(size, window_size, shift_size))
     bias_window = tuple(window_size) if clamped_index == "legacy" else window

@@ -10,10 +10,22 @@ renamed when complete: a file under the final name is always a finished clip.
 
 Encoders: H.264 (libx264, for NVDEC and PyAV) or VP9 (libvpx-vp9, which DALI's CPU decoder
 takes), yuv420p, one thread each unless asked (the parallelism is in worker processes).
+
+On one machine, outputs are byte-for-byte reproducible (re-runs, seeking, shards and resumes
+give the same files; x264's C and SIMD levels need not agree bit for bit across machines). Two
+things would break that: libx264's AVX-512 code paths (x264 core 165 as bundled by PyAV 18) read
+memory that is not initialised, so on AVX-512 machines the bits of a clip depend on the heap's
+state (earlier clips, other encoders, the decoder) - x264 runs with every SIMD extension the CPU
+has except AVX-512 (`x264_asm_flags`); and a frame's picture type, which `reformat` copies from
+the decoded source frame, would force x264's frame types - it is reset so that the encoder
+decides them itself.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import glob
 import math
 import os
@@ -29,6 +41,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 DEFAULT_CRF = {"h264": 23, "vp9": 32}
 EPS = 1e-4  # seconds: timestamps closer than this are equal (float rounding of pts * time_base)
 PRE_ROLL_S = 1.0  # seek this far before a clip's start: the frame on screen at the start is older
+X264_CPU_AVX512 = 1 << 16  # x264.h; on non-x86 builds no flag uses this bit
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,32 @@ def remove_partials(path: str | os.PathLike) -> None:
             stale.unlink(missing_ok=True)
 
 
+def _x264_libraries() -> list[str]:
+    """Candidate libx264 shared libraries: PyAV's bundled copy first, then the system's."""
+    import av
+
+    package = Path(av.__file__).resolve().parent
+    found = []
+    for folder in (package.parent / "av.libs", package / ".dylibs"):
+        found += sorted(glob.glob(str(folder / "libx264*")))
+    system = ctypes.util.find_library("x264")
+    return found + ([system] if system else [])
+
+
+@functools.cache
+def x264_asm_flags() -> int:
+    """The x264 `asm` mask: what x264 detects on this CPU, minus AVX-512 (module docstring).
+    0 (plain C, slower, equally deterministic) when no libx264 with `x264_cpu_detect` loads."""
+    for path in _x264_libraries():
+        try:
+            detect = ctypes.CDLL(path).x264_cpu_detect
+        except (OSError, AttributeError):
+            continue
+        detect.restype, detect.argtypes = ctypes.c_uint32, []
+        return int(detect()) & ~X264_CPU_AVX512
+    return 0
+
+
 class _Output:
     """One clip being encoded into its temporary file."""
 
@@ -142,17 +181,24 @@ class _Output:
         self.stream.codec_context.thread_count = opts.threads
         crf = str(opts.crf if opts.crf is not None else DEFAULT_CRF[opts.codec])
         if opts.codec == "h264":
-            self.stream.options = {"crf": crf, "preset": opts.preset}
+            # no AVX-512: its code paths make the bits depend on uninitialised memory
+            self.stream.options = {
+                "crf": crf, "preset": opts.preset, "x264-params": f"asm={x264_asm_flags()}"
+            }  # fmt: skip
         else:
             self.stream.options = {
                 "crf": crf, "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "0"
             }  # fmt: skip
+        self.no_pict_type = av.video.frame.PictureType.NONE
         self.written = 0
 
     def add(self, frame) -> None:
         width, height = self.size
         # AREA: a proper low-pass for 3x downscaling (720p -> 240p), unlike bilinear's 2x2 taps
         out = frame.reformat(width, height, "yuv420p", interpolation="AREA")
+        # reformat copies the source frame's properties; its picture type (I/P/B) would force
+        # x264's frame type for this frame: let the encoder choose
+        out.pict_type = self.no_pict_type
         out.pts = self.written
         out.time_base = self.stream.time_base
         for packet in self.stream.encode(out):

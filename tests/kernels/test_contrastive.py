@@ -3,6 +3,7 @@ on CPU) against the reference, determinism, bad input, and the reference's O(N·
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -113,6 +114,90 @@ def test_contrastive_triton_backward_in_column_chunks():
         return loss, grads
 
     _check_triton(130, 24, torch.float32, run)
+
+
+# (n, d, dtype, splits asked, splits expected). Interpreter target: 8 programs; fp32 tiles are
+# 64 x 64, fp16 128 x 128. Ragged: no n here is a multiple of its tile.
+SPLIT_CASES = {
+    "fp32-3-splits-default": (150, 40, torch.float32, None, 3),  # 3 row blocks x 3 splits
+    "fp32-1-split": (150, 40, torch.float32, 1, 1),
+    "fp32-2-splits-of-3-tiles": (300, 16, torch.float32, 2, 2),  # 192 + 108 columns
+    "fp32-more-than-tiles": (70, 24, torch.float32, 7, 2),  # capped at the 2 column tiles
+    "fp16-2-splits-default": (200, 24, torch.float16, None, 2),
+    "fp32-tiny": (5, 16, torch.float32, None, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+def test_contrastive_triton_forward_column_splits(case):
+    """The forward's row partials from several column splits (the last one ragged) merge to the
+    reference's loss and LSEs; the backward runs on the merged LSEs."""
+    n, d, dtype, asked, expected = SPLIT_CASES[case]
+    tiles = triton_impl.fwd_tiles(dtype, d)
+    assert triton_impl.fwd_grid(n, tiles, torch.device(DEVICE), asked)[1] == expected
+
+    def run(x, y, s, g):
+        loss, lse_r, lse_c = triton_impl.infonce_fwd(x.detach(), y.detach(), s.detach(), asked)
+        grads = triton_impl.infonce_bwd(torch.tensor(g, device=DEVICE), x, y, s, lse_r, lse_c)
+        return loss, grads
+
+    _check_triton(n, d, dtype, run)
+
+
+def test_contrastive_triton_split_results_are_bitwise_reproducible():
+    """Same (N, splits): bitwise equal loss and LSEs; another split count: the same loss up to
+    rounding (the merge order differs, so bits may not)."""
+    a, b = features(150, 40, torch.float32, seed=4, device=DEVICE)
+    s = torch.tensor(math.log(20.0), device=DEVICE)
+    first, second = (triton_impl.infonce_fwd(a, b, s, 3) for _ in range(2))
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    one = triton_impl.infonce_fwd(a, b, s, 1)
+    for x, y in zip(first, one):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-5)
+
+
+def test_contrastive_grid_and_chunks_on_an_h100(monkeypatch):
+    """Grid (row blocks, splits) for 132 SMs (target 4 per SM) at d = 1024 bf16: small N is split
+    over columns to fill the GPU; every split has columns; G stays within GRAD_BYTES."""
+    monkeypatch.setattr(triton_impl, "parallel_target", lambda device: 4 * 132)
+    tiles = triton_impl.fwd_tiles(torch.bfloat16, 1024)
+    grids = {}
+    for n in (512, 4096, 65536):
+        rows, splits, width = triton_impl.fwd_grid(n, tiles, torch.device("cuda"))
+        assert (splits - 1) * width < n <= splits * width and width % tiles.block_n == 0
+        grids[n] = (rows, splits)
+    assert grids == {512: (4, 4), 4096: (32, 16), 65536: (512, 2)}
+    chunk = triton_impl.grad_chunk(65536, torch.bfloat16, 128)
+    assert chunk == 1024 and 65536 * chunk * 2 <= triton_impl.GRAD_BYTES
+    assert triton_impl.grad_chunk(4096, torch.bfloat16, 128) == 4096  # one chunk: all of G
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Fail on any read of a tensor's value by Python (.item(), bool(), int(), .tolist()): on
+    a GPU each is a device-to-host sync, which a CUDA graph cannot capture."""
+    names = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def read(self, *args, **kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, read)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def test_contrastive_triton_launchers_read_no_value_on_the_host():
+    a, b = features(70, 16, torch.float32, device=DEVICE)
+    s = torch.tensor(3.0, device=DEVICE)
+    with no_host_reads():
+        loss, lse_r, lse_c = triton_impl.infonce_fwd(a, b, s)
+        triton_impl.infonce_bwd(torch.tensor(1.0, device=DEVICE), a, b, s, lse_r, lse_c)
+        contrastive_loss_ref(*leaves(a, b), temperature=0.05).backward()
 
 
 def test_contrastive_triton_fixed_temperature_and_determinism():

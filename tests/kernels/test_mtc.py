@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from lfvila.kernels import mtc_labels, mtc_loss, mtc_loss_ref, sample_mtc_indices
+from lfvila.kernels.contrastive import triton_impl
 from lfvila.kernels.testing import GRADIENT, error_report, no_tf32
 
 from ..helpers import grads, leaves
+from .test_contrastive import no_host_reads
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -194,6 +196,30 @@ def test_mtc_bad_input_raises(case):
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         mtc_loss(**kwargs)
+
+
+def test_mtc_paths_read_no_value_on_the_host():
+    """The launchers and the reference (its row count stays a tensor) never read a device value
+    on the host, so the loss can be captured in a CUDA graph; the all-ignored case included."""
+    clip, sent = feats(b=6, m=4, d=16, dtype=torch.float32, device=DEVICE)
+    idx = sample_mtc_indices(6, 4, generator=torch.Generator().manual_seed(4), device=DEVICE)
+    tied = dict(keys=idx["keys"][:, :1].clone().fill_(1), values=idx["values"].clone(),
+                other=idx["other"])  # fmt: skip
+    tied["values"][:, 0], tied["values"][:, 1] = 0, 2  # every key equidistant: all ignored
+    stacked = torch.stack([clip, sent])
+    for ind in (idx, tied):
+        c, s = leaves(clip, sent)
+        with no_host_reads():
+            loss, lse = triton_impl.mtc_fwd(
+                stacked, ind["keys"], ind["values"], ind["other"], 0.05, 3
+            )
+            triton_impl.mtc_bwd(
+                torch.tensor(1.0, device=DEVICE), stacked, ind["keys"], ind["values"],
+                ind["other"], lse, 0.05, 3,
+            )  # fmt: skip
+            ref = mtc_loss_ref(c, s, 0.05, ind)
+            grads(ref, [c, s], torch.tensor(1.0, device=DEVICE))
+    assert ref.item() == 0.0  # the last one: every row ignored
 
 
 def test_mtc_reference_matches_loop_on_random_indices():
