@@ -6,6 +6,10 @@ The report has a header (device, driver/CUDA, torch, triton, git sha, command), 
 bandwidth, one table per benchmark level (op, module) with median and IQR milliseconds per call,
 TFLOP/s, GB/s against PERF.md's minimal bytes, % of the measured copy bandwidth and speedups, and
 a check of the issue's targets for the Triton op.
+
+Two times per call where a GPU ran (benchmarks/utils.py): "GPU ms", CUDA events around one call
+with L2 flushed (what throughput, bandwidth and the op targets use), and "host ms", the wall clock
+of the whole call, host overhead included. Without a GPU time (CPU runs) both use the wall clock.
 """
 
 from __future__ import annotations
@@ -83,10 +87,15 @@ def _fmt(x, digits=3) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+def device_ms(row: dict) -> float:
+    """GPU time per call when it was measured (CUDA events), else the wall clock."""
+    return row.get("gpu_ms") or row["median_ms"]
+
+
 def copy_bandwidth_gbs(rows: list[dict]) -> float | None:
     for row in rows:
         if row.get("level") == "copy" and row.get("bytes"):
-            return row["bytes"] / (row["median_ms"] * 1e-3) / 1e9
+            return row["bytes"] / (device_ms(row) * 1e-3) / 1e9
     return None
 
 
@@ -94,22 +103,23 @@ def op_table(rows: list[dict], copy_gbs: float | None) -> list[str]:
     ops = [r for r in rows if r.get("level") == "op"]
     if not ops:
         return []
-    ref = {(r["case"], r["mode"]): r["median_ms"] for r in ops if r["provider"] == "reference"}
+    ref = {(r["case"], r["mode"]): device_ms(r) for r in ops if r["provider"] == "reference"}
     lines = [
-        "| case | mode | provider | median ms | IQR ms | TFLOP/s | GB/s | % copy BW | vs ref |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | mode | provider | GPU ms | GPU IQR | host ms | host IQR | TFLOP/s | GB/s | "
+        "% copy BW | vs ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(ops, key=lambda r: (r["case"], r["mode"], r["median_ms"])):
-        seconds = r["median_ms"] * 1e-3
+    for r in sorted(ops, key=lambda r: (r["case"], r["mode"], device_ms(r))):
+        seconds = device_ms(r) * 1e-3
         tflops = r["flops"] / seconds / 1e12 if r.get("flops") else None
         gbs = r["bytes"] / seconds / 1e9 if r.get("bytes") else None
         pct = 100 * gbs / copy_gbs if gbs and copy_gbs else None
         base = ref.get((r["case"], r["mode"]))
-        speedup = base / r["median_ms"] if base else None
+        speedup = base / device_ms(r) if base else None
         lines.append(
-            f"| {r['case']} | {r['mode']} | {r['provider']} | {_fmt(r['median_ms'])} | "
-            f"{_fmt(r['iqr_ms'], 2)} | {_fmt(tflops)} | {_fmt(gbs)} | {_fmt(pct)} | "
-            f"{_fmt(speedup)}x |"
+            f"| {r['case']} | {r['mode']} | {r['provider']} | {_fmt(r.get('gpu_ms'))} | "
+            f"{_fmt(r.get('gpu_iqr_ms'), 2)} | {_fmt(r['median_ms'])} | {_fmt(r['iqr_ms'], 2)} | "
+            f"{_fmt(tflops)} | {_fmt(gbs)} | {_fmt(pct)} | {_fmt(speedup)}x |"
         )
     return lines
 
@@ -127,11 +137,11 @@ def target_checks(rows: list[dict], copy_gbs: float | None) -> list[str]:
             continue
         for other, factor, target_mode, text in TARGETS:
             if mode == target_mode and other in by_provider:
-                ratio = by_provider[other]["median_ms"] / triton["median_ms"]
+                ratio = device_ms(by_provider[other]) / device_ms(triton)
                 verdict = "met" if ratio >= factor else "NOT met"
                 lines.append(f"- {case}: {text}: {ratio:.2f}x, {verdict}")
         if mode == "fwd" and copy_gbs and triton.get("bytes"):
-            frac = triton["bytes"] / (triton["median_ms"] * 1e-3) / 1e9 / copy_gbs
+            frac = triton["bytes"] / (device_ms(triton) * 1e-3) / 1e9 / copy_gbs
             verdict = "met" if frac >= FWD_ROOFLINE_TARGET else "NOT met"
             lines.append(
                 f"- {case}: forward at >= 60% of copy bandwidth: {100 * frac:.0f}%, {verdict}"
@@ -143,18 +153,18 @@ def module_table(rows: list[dict]) -> list[str]:
     mods = [r for r in rows if r.get("level") == "module"]
     if not mods:
         return []
-    base = {(r["case"], r["mode"]): r["median_ms"] for r in mods if r["provider"] == "torchvision"}
+    base = {(r["case"], r["mode"]): device_ms(r) for r in mods if r["provider"] == "torchvision"}
     lines = [
-        "| case | mode | provider | dtype | batch | median ms | IQR ms | vs torchvision |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | mode | provider | dtype | batch | GPU ms | host ms | host IQR | vs torchvision |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(mods, key=lambda r: (r["case"], r["mode"], r["provider"])):
         b = base.get((r["case"], r["mode"]))
-        speedup = b / r["median_ms"] if b else None
+        speedup = b / device_ms(r) if b else None
         lines.append(
             f"| {r['case']} | {r['mode']} | {r['provider']} | {r['dtype']} | "
-            f"{r.get('batch', '-')} | {_fmt(r['median_ms'])} | {_fmt(r['iqr_ms'], 2)} | "
-            f"{_fmt(speedup)}x |"
+            f"{r.get('batch', '-')} | {_fmt(r.get('gpu_ms'))} | {_fmt(r['median_ms'])} | "
+            f"{_fmt(r['iqr_ms'], 2)} | {_fmt(speedup)}x |"
         )
     return lines
 
@@ -179,19 +189,20 @@ def loss_table(rows: list[dict]) -> list[str]:
     losses = [r for r in rows if r.get("level") == "loss"]
     if not losses:
         return []
-    naive = {r["case"]: r["median_ms"] for r in losses if r["provider"] == "naive"}
+    naive = {r["case"]: device_ms(r) for r in losses if r["provider"] == "naive"}
     lines = [
-        "| case | provider | dtype | median ms | IQR ms | peak memory MiB | vs naive |",
-        "|---|---|---|---|---|---|---|",
+        "| case | provider | dtype | GPU ms | host ms | host IQR | peak memory MiB | vs naive |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         losses, key=lambda r: (r.get("n", r.get("batch", 0)), r["case"], r["provider"])
     ):
         base = naive.get(r["case"])
-        speedup = base / r["median_ms"] if base else None
+        speedup = base / device_ms(r) if base else None
         lines.append(
-            f"| {r['case']} | {r['provider']} | {r['dtype']} | {_fmt(r['median_ms'])} | "
-            f"{_fmt(r['iqr_ms'], 2)} | {_fmt(r.get('peak_mib'))} | {_fmt(speedup)}x |"
+            f"| {r['case']} | {r['provider']} | {r['dtype']} | {_fmt(r.get('gpu_ms'))} | "
+            f"{_fmt(r['median_ms'])} | {_fmt(r['iqr_ms'], 2)} | {_fmt(r.get('peak_mib'))} | "
+            f"{_fmt(speedup)}x |"
         )
     memory = {r.get("memory") for r in losses if r.get("memory")}
     if memory:
@@ -212,7 +223,7 @@ def loss_targets(rows: list[dict]) -> list[str]:
         if triton is None:
             continue
         if "naive" in by_provider:
-            ratio = by_provider["naive"]["median_ms"] / triton["median_ms"]
+            ratio = device_ms(by_provider["naive"]) / device_ms(triton)
             need = 2.0 if n >= 32768 else 1.0 if n <= 4096 else None
             if need is not None:
                 verdict = "met" if ratio >= need else "NOT met"
@@ -373,8 +384,10 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         f"git {env.get('git')}",
         f"- command: `{command}`",
         f"- copy bandwidth (device-to-device, read + write): {_fmt(copy_gbs)} GB/s",
-        "- times are per call (median and IQR over rounds); GB/s uses PERF.md's minimal bytes,",
-        "  TFLOP/s its FLOP counts (backward = 2.5x forward)",
+        "- times are per call: GPU ms from CUDA events around one call with L2 flushed (median,",
+        "  IQR over repetitions), host ms the wall clock of the whole call (median, IQR over",
+        "  rounds); throughput, bandwidth and targets use GPU ms where measured. GB/s uses",
+        "  PERF.md's minimal bytes, TFLOP/s its FLOP counts (backward = 2.5x forward)",
         "",
     ]
     if table := op_table(rows, copy_gbs):
