@@ -18,14 +18,15 @@ def autotune(configs: Sequence[triton.Config], key: list[str], prune: Callable |
     """`triton.autotune` that keeps only the first legal config under TRITON_INTERPRET=1.
 
     Several configs fail in the interpreter without a custom `do_bench`, and CPU timings mean
-    nothing there. `prune(configs, named_args) -> configs` drops configs illegal for a shape.
+    nothing there. `prune(configs, named_args, **launch_kwargs) -> configs` drops configs illegal
+    for a shape (launch_kwargs: the constexprs passed by keyword).
     """
     configs = list(configs)
     if interpreter_enabled():
         configs = configs[:1]
 
     def early_prune(cfgs, named_args, **kwargs):
-        kept = prune(cfgs, named_args) if prune is not None else cfgs
+        kept = prune(cfgs, named_args, **kwargs) if prune is not None else cfgs
         return kept[:1] if interpreter_enabled() else (kept or cfgs[:1])
 
     return triton.autotune(

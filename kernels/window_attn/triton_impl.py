@@ -22,9 +22,11 @@ How the work is laid out:
 - Backward is deterministic and makes at most two passes over the scores:
   NP <= BLOCK_BWD: one fused kernel gives dq, dk, dv and the bias partials (one exp per score).
   NP > BLOCK_BWD: pass 1 (`_bwd_dq_bias_kernel`) holds a query block against the whole window's
-  keys, so dq and the bias-gradient rows of that block are complete in registers, and writes
-  delta = rowsum(dO * O) for pass 2; pass 2 (`_bwd_dkdv_kernel`, FlashAttention-2's dk/dv
-  loop) reads that delta. delta is always computed in-kernel, never by torch ops.
+  keys, so dq and the bias-gradient rows of that block are complete in registers (the biggest
+  windows take their keys in parts and sum those rows in the program's own slice of the bias
+  partials instead), and writes delta = rowsum(dO * O) for pass 2; pass 2
+  (`_bwd_dkdv_kernel`, FlashAttention-2's dk/dv loop) reads that delta. delta is always
+  computed in-kernel, never by torch ops.
   The bias-table gradient is a reduction over batch and windows: programs sum their dS tiles in
   registers over a fixed chunk of windows and store partial sums; `_reduce_bias_kernel` sums the
   partials and `_fold_bias_kernel` folds token pairs into table rows, both in a fixed order.
@@ -57,8 +59,12 @@ FWD_BLOCK = 64
 BWD_BLOCK = 64
 # Elements of one (query rows x window keys) fp32 tile of the dq/bias pass. ptxas (sm_90a) spills
 # at (32 or 64) x 128 with 4 or 8 warps; 16 query rows against the whole window do not, up to
-# NP = 512 (Video-Swin's 8x7x7), with 4 warps to NP = 128 and 8 beyond (BENCHMARKS.md).
+# NP = 512 at head_dim 32, with 4 warps to NP = 128 and 8 beyond (BENCHMARKS.md).
 DQ_TILE_ELEMENTS = 2048
+# The dq/bias pass scores windows of up to DQ_WHOLE_WINDOW_ROWS rows at once; bigger ones in
+# parts of DQ_KEYS_PER_PART keys (`dq_key_split`, compile report in BENCHMARKS.md).
+DQ_WHOLE_WINDOW_ROWS = 256
+DQ_KEYS_PER_PART = 128
 
 
 @triton.jit
@@ -217,14 +223,28 @@ def _fwd_kernel(
 
 
 # Opt-in (LFVILA_AUTOTUNE=1): the same kernel behind an autotuner over these launch settings.
+# Every one compiles without spills at LF-VILA's and Video-Swin's shapes in fp16/bf16 (the
+# compile report's --autotune run); 2 warps spilled at every shape but NP 32/64 and was dropped.
 _FWD_CONFIGS = [
     triton.Config({}, num_warps=4, num_stages=2),
     triton.Config({}, num_warps=4, num_stages=3),
     triton.Config({}, num_warps=8, num_stages=2),
-    triton.Config({}, num_warps=2, num_stages=2),
 ]
+# Shared memory of the key/value pipeline stages an autotuned forward may take: a stage holds a
+# (BLOCK, D) key and value tile. fp32 at head_dim 128 needs 290 KiB with three stages.
+_FWD_STAGE_BUDGET = 128 * 1024
+
+
+def _prune_fwd_configs(configs, named_args, **kwargs):
+    q = named_args["Q"]
+    stage = 2 * kwargs.get("BLOCK", FWD_BLOCK) * q.shape[-1] * q.element_size()
+    return [c for c in configs if c.num_stages * stage <= _FWD_STAGE_BUDGET]
+
+
 _fwd_kernel_autotuned = autotune(
-    _FWD_CONFIGS, key=["N", "HEAD_DIM", "BLOCK", "T", "H", "W", "HAS_BIAS", "SHIFTED"]
+    _FWD_CONFIGS,
+    key=["N", "HEAD_DIM", "BLOCK", "T", "H", "W", "HAS_BIAS", "SHIFTED"],
+    prune=_prune_fwd_configs,
 )(_fwd_kernel)
 
 
@@ -324,6 +344,36 @@ def _bwd_fused_kernel(
 
 
 @triton.jit
+def _dq_bias_keys(
+    Kh, Vh, KPh, VPh, TableH, q, do, lse, delta, win_q, ok_q, real_q, g_q, reg_q, key0,
+    total_windows, s_b, s_t, s_h, s_w, s_tr, qk_scale, bias_scale, mask_log2, N: tl.constexpr,
+    NP: tl.constexpr, T: tl.constexpr, H: tl.constexpr, W: tl.constexpr, NWT: tl.constexpr,
+    NWH: tl.constexpr, NWW: tl.constexpr, WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
+    ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+    RT: tl.constexpr, RH: tl.constexpr, G0: tl.constexpr, HEAD_DIM: tl.constexpr,
+    KN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PAD_KV: tl.constexpr, SHIFTED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One query block against KN consecutive key rows from row `key0`: returns (dS @ K unscaled,
+    dS), both fp32. P needs no row maximum here (lse is known), so key chunks are independent."""
+    d = tl.arange(0, HEAD_DIM)
+    kv_rows = key0 + tl.arange(0, KN)
+    win_k, ok_k, real_k, b_k, t_k, h_k, w_k, reg_k, g_k = _rows_info(
+        kv_rows, total_windows, N, NP, T, H, W, NWT, NWH, NWW, WT, WH, WW, ST, SH, SW, BH, BW,
+        RT, RH,
+    )  # fmt: skip
+    kv_off = _offset(b_k, t_k, h_k, w_k, s_b, s_t, s_h, s_w)
+    k = _load_rows(Kh, kv_off, real_k, ok_k, KPh, d, HAS_PAD_KV)
+    v = _load_rows(Vh, kv_off, real_k, ok_k, VPh, d, HAS_PAD_KV)
+    p, ds = _tile_grads(
+        q, k, v, do, lse, delta, win_q, ok_q, real_q, g_q, reg_q, win_k, ok_k, real_k, g_k,
+        reg_k, TableH, s_tr, qk_scale, bias_scale, mask_log2, G0, HAS_BIAS, HAS_PAD_KV,
+        SHIFTED, DOT_PRECISION,
+    )  # fmt: skip
+    return tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION), ds
+
+
+@triton.jit
 def _bwd_dq_bias_kernel(
     Q, K, V, Table, KPad, VPad, DO, OUT, LSE, DELTA, DQ, DB_PART, s_b, s_t, s_h, s_w, s_n, g_b, g_t,
     g_h, g_w, g_n, s_tr, s_th, s_pn, total_windows, heads, units_per_chunk, scale, qk_scale,
@@ -331,24 +381,40 @@ def _bwd_dq_bias_kernel(
     W: tl.constexpr, NWT: tl.constexpr, NWH: tl.constexpr, NWW: tl.constexpr, WT: tl.constexpr,
     WH: tl.constexpr, WW: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     BH: tl.constexpr, BW: tl.constexpr, RT: tl.constexpr, RH: tl.constexpr, G0: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_PAD_KV: tl.constexpr, SHIFTED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, KEY_SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_PAD_KV: tl.constexpr, SHIFTED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Pass 1 of the big-window backward: query block i of every window of a chunk, against the
-    window's NP keys at once. dq and the block's bias-gradient rows are complete here (no second
-    kernel re-deriving scores for the bias); delta = rowsum(dO * O) is written for pass 2.
+    """Pass 1 of the big-window backward: query block i of every window of a chunk, against all
+    the window's NP keys, in KEY_SPLIT consecutive parts of KN = NP / KEY_SPLIT keys. dq and the
+    block's bias-gradient rows are complete here (no second kernel re-deriving scores for the
+    bias); delta = rowsum(dO * O) is written for pass 2.
+
+    The block's rows of the bias sum over the chunk's windows: KEY_SPLIT == 1 holds them in
+    registers and stores them once. With more parts they do not fit beside one part's tiles
+    (NP = 512 at head_dim 64 spills at every warp count, BENCHMARKS.md), so each part adds its
+    dS into the program's own (BLOCK_Q, KN) slice of DB_PART: written by no other program, read
+    back after a barrier, small enough to stay in L2. The sum order is fixed: no atomics.
 
     Program (head, i, chunk); windows w = chunk * units_per_chunk + step.
     """
     tl.static_assert(BLOCK_Q >= 16)
     tl.static_assert(HEAD_DIM >= 16)
+    KN: tl.constexpr = NP // KEY_SPLIT
+    tl.static_assert(KN * KEY_SPLIT == NP)
+    tl.static_assert(KN >= 16)
     head = tl.program_id(0)
     i = tl.program_id(1)
     chunk = tl.program_id(2)
     d = tl.arange(0, HEAD_DIM)
+    c = tl.arange(0, KN)
     Qh, Kh, Vh = Q + head * s_n, K + head * s_n, V + head * s_n
     KPh, VPh, TableH = KPad + head * s_pn, VPad + head * s_pn, Table + head * s_th
-    db_acc = tl.zeros([BLOCK_Q, NP], tl.float32)  # this block's rows of the window's dS sum
+    part_rows = (
+        DB_PART + (chunk * heads + head).to(tl.int64) * NP * NP
+        + (i * BLOCK_Q + tl.arange(0, BLOCK_Q))[:, None] * NP + c[None, :]
+    )  # fmt: skip
+    db_acc = tl.zeros([BLOCK_Q, KN], tl.float32)  # KEY_SPLIT == 1: the bias rows in registers
     for step in range(0, units_per_chunk):
         win0 = (chunk * units_per_chunk + step) * NP
         q_rows = win0 + i * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -360,29 +426,32 @@ def _bwd_dq_bias_kernel(
         o_off = _token(b_q, t_q, h_q, w_q, T, H, W) * heads + head
         q, do, lse, delta = _load_q_side(Qh, DO, OUT, LSE, q_off, o_off, real_q, d, HEAD_DIM)
         tl.store(DELTA + o_off, delta, mask=real_q)
-        kv_rows = win0 + tl.arange(0, NP)
-        win_k, ok_k, real_k, b_k, t_k, h_k, w_k, reg_k, g_k = _rows_info(
-            kv_rows, total_windows, N, NP, T, H, W, NWT, NWH, NWW, WT, WH, WW, ST, SH, SW, BH, BW,
-            RT, RH,
-        )  # fmt: skip
-        kv_off = _offset(b_k, t_k, h_k, w_k, s_b, s_t, s_h, s_w)
-        k = _load_rows(Kh, kv_off, real_k, ok_k, KPh, d, HAS_PAD_KV)
-        v = _load_rows(Vh, kv_off, real_k, ok_k, VPh, d, HAS_PAD_KV)
-        p, ds = _tile_grads(
-            q, k, v, do, lse, delta, win_q, ok_q, real_q, g_q, reg_q, win_k, ok_k, real_k, g_k,
-            reg_k, TableH, s_tr, qk_scale, bias_scale, mask_log2, G0, HAS_BIAS, HAS_PAD_KV,
-            SHIFTED, DOT_PRECISION,
-        )  # fmt: skip
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
+        dq = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
+        for j in range(0, KEY_SPLIT):
+            dq_part, ds = _dq_bias_keys(
+                Kh, Vh, KPh, VPh, TableH, q, do, lse, delta, win_q, ok_q, real_q, g_q, reg_q,
+                win0 + j * KN, total_windows, s_b, s_t, s_h, s_w, s_tr, qk_scale, bias_scale,
+                mask_log2, N, NP, T, H, W, NWT, NWH, NWW, WT, WH, WW, ST, SH, SW, BH, BW, RT, RH,
+                G0, HEAD_DIM, KN, HAS_BIAS, HAS_PAD_KV, SHIFTED, DOT_PRECISION,
+            )  # fmt: skip
+            dq += dq_part
+            if HAS_BIAS:
+                if KEY_SPLIT == 1:
+                    db_acc += ds
+                else:
+                    # the first window's store initialises the slice: no zero-fill launch
+                    seen = (c[None, :] < KN) & (step > 0)
+                    prev = tl.load(part_rows + j * KN, mask=seen, other=0.0)
+                    tl.store(part_rows + j * KN, prev + ds)
+                    # this block's threads read these elements back next window: make the
+                    # stores visible whatever layout the load and the store were given
+                    tl.debug_barrier()
         g_off = _offset(b_q, t_q, h_q, w_q, g_b, g_t, g_h, g_w)[:, None] + d[None, :]
-        tl.store(DQ + head * g_n + g_off, dq.to(DQ.dtype.element_ty), mask=real_q[:, None])
-        if HAS_BIAS:
-            db_acc += ds
-    if HAS_BIAS:
-        r = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        c = tl.arange(0, NP)
-        part = DB_PART + (chunk * heads + head).to(tl.int64) * NP * NP
-        tl.store(part + r[:, None] * NP + c[None, :], db_acc)
+        tl.store(
+            DQ + head * g_n + g_off, (dq * scale).to(DQ.dtype.element_ty), mask=real_q[:, None]
+        )
+    if HAS_BIAS and KEY_SPLIT == 1:
+        tl.store(part_rows, db_acc)
 
 
 @triton.jit
@@ -539,6 +608,22 @@ def dq_block(np_rows: int, block: int) -> int:
     return max(16, min(block, DQ_TILE_ELEMENTS // np_rows))
 
 
+def dq_key_split(np_rows: int, head_dim: int, shifted: bool) -> int:
+    """Key parts the dq/bias pass takes one after the other (then its bias rows live in memory).
+
+    A pinned choice from the sm_90a compile report (BENCHMARKS.md). Whole windows keep the bias
+    rows in registers: every window up to DQ_WHOLE_WINDOW_ROWS rows (L0-L4, Video-Swin's 2x7x7)
+    and LF-VILA's L5 (NP 512, head_dim 32, never shifted: 200 registers). At NP 512 with head_dim
+    64 the whole window spills at every warp count, and shifted at head_dim 32 (Video-Swin's
+    8x7x7) it sits at exactly 255 registers, so those take parts of DQ_KEYS_PER_PART keys
+    (126-162 registers). Parts cost L2 traffic: each adds its dS rows into memory, as many bytes
+    per window as the part's K and V at head_dim 32.
+    """
+    if np_rows <= DQ_WHOLE_WINDOW_ROWS or (np_rows * head_dim <= 512 * 32 and not shifted):
+        return 1
+    return np_rows // DQ_KEYS_PER_PART
+
+
 # Programs of the fused backward that fit one SM at once: ptxas gives it about 240 registers at
 # 4 warps (BENCHMARKS.md, compile report), so 65536 / (240 * 128) = 2. Its chunk count aims at
 # one full wave of resident programs rather than the generic 4 per SM: every extra chunk is
@@ -632,13 +717,15 @@ def bwd(
     shift_size: tuple[int, int, int], scale: float, mask_value: float,
     clamped_index: str = "effective", block: int | None = None, chunks: int | None = None,
     grads_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    key_split: int | None = None,
 ):  # fmt: skip
     """Backward: returns (dq, dk, dv, dtable, dk_pad, dv_pad); absent inputs give None.
 
     Deterministic: every gradient is either written once or reduced in a fixed order.
     `grads_out`: (dq, dk, dv) tensors of q's shape sharing one stride set (e.g. the three views of
     a packed (B, T, H, W, 3, heads, D) gradient) to write into instead of allocating.
-    `block` and `chunks` override the tiling (tests use them to force each code path).
+    `block`, `chunks` and `key_split` (1 or 2 key halves in the dq/bias pass) override the
+    tiling (tests use them to force each code path).
     Launches: 1 (fused) or 2 (two-pass) kernels, plus 2 for the bias table when there is one.
     """
     B, T, H, W, heads, D = q.shape
@@ -690,12 +777,13 @@ def bwd(
             n_chunks = chunks or _programs(total_windows, heads * nqb, q.device)
             per_chunk = triton.cdiv(total_windows, n_chunks)
             n_chunks = triton.cdiv(total_windows, per_chunk)
+            parts = key_split or dq_key_split(np_rows, D, geom.shifted)
             delta = torch.empty(lse.shape, **f32)
             db_part = torch.empty((n_chunks, heads, np_rows, np_rows), **f32) if has_bias else dummy
             _bwd_dq_bias_kernel[(heads, nqb, n_chunks)](
                 q, k, v, *side, do, o, lse, delta, dq, db_part, *strides, total_windows, heads,
-                per_chunk, scale, *scalars, BLOCK_Q=bq, **flags,
-                **dq_bias_launch(bq, np_rows, D, q.dtype),
+                per_chunk, scale, *scalars, BLOCK_Q=bq, KEY_SPLIT=parts, **flags,
+                **dq_bias_launch(bq, np_rows, D, parts),
             )  # fmt: skip
             pad_part = torch.empty((total_windows * nj, 2, heads, D), **f32) if has_pad else dummy
             _bwd_dkdv_kernel[(heads, total_windows * nj)](
@@ -714,10 +802,15 @@ def bwd(
     return dq, dk, dv, dtable, dk_pad, dv_pad
 
 
-def dq_bias_launch(block_q: int, np_rows: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """The dq/bias pass holds (BLOCK_Q, NP) fp32 tiles (scores, dP, dS, the bias sum) and the
-    window's (NP, D) keys and values; past NP = 128 it needs 8 warps to stay out of spills."""
-    return dict(num_warps=4 if np_rows <= 128 else 8, num_stages=1)
+def dq_bias_launch(block_q: int, np_rows: int, head_dim: int, parts: int) -> dict:
+    """The dq/bias pass holds (BLOCK_Q, keys) fp32 tiles (scores, dP, dS, the bias sum) and the
+    keys and values of a window (or of a part of one); past NP = 128 it needs 8 warps to stay out
+    of spills. With key parts, an explicit register ceiling: left to itself ptxas squeezes that
+    variant into 128 registers (two blocks per SM) and spills 8-16 B; with 192 it takes 140-162
+    and spills nothing."""
+    return dict(
+        num_warps=4 if np_rows <= 128 else 8, num_stages=1, maxnreg=192 if parts > 1 else None
+    )
 
 
 def _on_device(x: torch.Tensor):

@@ -150,11 +150,13 @@ LOSS_CASES = {
     "mtc-fp16-d40": ("mtc", (9, 6, 40, FP16)),
 }
 ALL_CASES = [*ATTN_CASES, *LOSS_CASES]
-# make test: every LF-VILA layer (shifted where it is), the large Video-Swin window, the odd
-# cases (fp32, fp16, head dims 16/64/128, masked padding, no bias) and every loss kernel.
+# make test: every LF-VILA layer (shifted where it is), the large Video-Swin window (at head_dim
+# 64 too: the dq/bias pass in key parts), the odd cases (fp32, fp16, head dims 16/64/128, masked
+# padding, no bias) and every loss kernel.
 CI_CASES = [
     "L0-shift-bf16-d32", "L1-shift-bf16-d32", "L2-shift-bf16-d32", "L3-shift-bf16-d32",
-    "L5-bf16-d32", "vswin8x7x7-shift-bf16-d32", "pad-masked-fp16-d64", "legacy-fp32-d128",
+    "L5-bf16-d32", "vswin8x7x7-shift-bf16-d32", "vswin8x7x7-shift-fp16-d64",
+    "pad-masked-fp16-d64", "legacy-fp32-d128",
     "no-bias-d16", "pad-module-bf16-d32", *LOSS_CASES,
 ]  # fmt: skip
 
@@ -387,8 +389,14 @@ def expected_kernels() -> set[str]:
 def _config(v: Variant) -> str:
     names = v.fn.arg_names
     consts = {names[path[0]]: value for path, value in v.constexprs.items() if len(path) == 1}
-    shown = [f"{k}={val}" for k, val in consts.items() if "BLOCK" in k or k in ("NP", "NJ")]
+    shown = [
+        f"{k}={val}"
+        for k, val in consts.items()
+        if "BLOCK" in k or k in ("NP", "NJ") or (k == "KEY_SPLIT" and val > 1)
+    ]
     text = f"w{v.options.num_warps} s{v.options.num_stages}"
+    if getattr(v.options, "maxnreg", None):
+        text += f" maxnreg {v.options.maxnreg}"
     if v.autotune:
         text += f" (autotune {v.autotune})"
     return " ".join([text, *shown])

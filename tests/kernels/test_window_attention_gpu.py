@@ -42,6 +42,9 @@ AWKWARD = {
     "clamped-legacy-d128": ((1, 3, 4, 4, 2, 128), (4, 3, 5), (2, 1, 2), True, "legacy"),
     "tiny-windows-d16": ((2, 5, 6, 7, 3, 16), (1, 2, 3), (0, 1, 1), True, "effective"),
     "big-window-pad": ((1, 20, 7, 9, 2, 32), (16, 3, 5), (0, 1, 2), True, "effective"),
+    # NP 512 at head_dim 64: the dq/bias pass takes the keys in two parts and sums the bias rows
+    # in memory across windows (read-modify-write behind a barrier)
+    "key-parts-8x7x7-d64": ((2, 8, 10, 9, 2, 64), (8, 7, 7), (4, 3, 3), True, "effective"),
 }
 
 
@@ -59,19 +62,25 @@ def test_window_attention_gpu_awkward_shapes(case, dtype):
     )
 
 
-@pytest.mark.parametrize("name", ["L0", "L2", "L5"])
+DETERMINISM = {
+    name: ((4, *LAYERS[name].map_size, LAYERS[name].heads, LAYERS[name].head_dim),
+           LAYERS[name].window, LAYERS[name].shift)
+    for name in ("L0", "L2", "L5")
+}  # fmt: skip
+# the key-parts path of the dq/bias pass (NP 512, head_dim 64): bias rows summed in memory
+DETERMINISM["key-parts-8x7x7-d64"] = ((2, 8, 14, 14, 3, 64), (8, 7, 7), (4, 3, 3))
+
+
+@pytest.mark.parametrize("name", list(DETERMINISM))
 def test_window_attention_gpu_backward_bitwise_deterministic(name):
-    spec = LAYERS[name]
-    shape = (4, *spec.map_size, spec.heads, spec.head_dim)
-    inp = window_attention_inputs(shape, spec.window, torch.bfloat16, "cuda", seed=5)
+    shape, window, shift = DETERMINISM[name]
+    inp = window_attention_inputs(shape, window, torch.bfloat16, "cuda", seed=5)
     g = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
 
     def once():
         q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"].float())
         pad = tuple(leaves(*inp["pad_kv"]))
-        out = window_attention(
-            q, k, v, spec.window, spec.shift, table, pad_kv=pad, backend="triton"
-        )
+        out = window_attention(q, k, v, window, shift, table, pad_kv=pad, backend="triton")
         return grads(out, [q, k, v, table, *pad], g)
 
     first, second = once(), once()

@@ -129,6 +129,35 @@ def test_launch_plan_is_pinned_and_the_forward_is_persistent(monkeypatch):
     assert grid[0] == heads and grid[1] < units
 
 
+def test_opt_in_autotuned_forward_matches_reference(monkeypatch):
+    """LFVILA_AUTOTUNE=1 goes through the autotuner (and its config prune) to the same kernel."""
+    monkeypatch.setenv("LFVILA_AUTOTUNE", "1")
+    shape, window, shift, pad = CASES["fused-pad"]
+    inp = window_attention_inputs(shape, window, torch.float32, DEVICE, seed=9, pad_kv=pad)
+
+    def run(g):
+        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
+        args = (window, shift, 16**-0.5, -100.0, "effective")
+        out, lse = triton_impl.fwd(q, k, v, table, *inp["pad_kv"], *args)
+        return out, list(triton_impl.bwd(g, q, k, v, out, lse, table, *inp["pad_kv"], *args))
+
+    check_against_reference(inp, window, shift, "effective", run)
+
+
+def test_autotune_prune_keeps_stages_within_shared_memory():
+    """Three key/value stages of fp32 at head_dim 128 would need ~290 KiB (compile report):
+    pruned; every config stays for the training dtypes at LF-VILA's head dims."""
+    configs = triton_impl._FWD_CONFIGS
+
+    def kept(dtype, head_dim):
+        q = torch.empty(1, 1, 1, 1, 2, head_dim, dtype=dtype)
+        return triton_impl._prune_fwd_configs(configs, {"Q": q}, BLOCK=64)
+
+    assert kept(torch.bfloat16, 32) == configs and kept(torch.float16, 64) == configs
+    assert [c.num_stages for c in kept(torch.float32, 128)] == [2, 2]
+    assert all(c.num_warps >= 4 for c in configs)  # 2 warps spilled at every big window
+
+
 def test_backward_launch_counts(monkeypatch):
     """Fused path: one kernel (+ the table's reduce and fold); two-pass: two (+ the same)."""
     names = []
@@ -181,10 +210,14 @@ def test_packed_path_compiles_without_graph_break():
     torch.testing.assert_close(table.grad, table2.grad)
 
 
-@pytest.mark.parametrize("block, chunks", [(32, 1), (64, 3)])
-def test_two_pass_backward_tilings(block, chunks):
+@pytest.mark.parametrize(
+    "block, chunks, key_split", [(32, 1, None), (64, 3, None), (32, 2, 2), (64, 1, 4)]
+)
+def test_two_pass_backward_tilings(block, chunks, key_split):
     """Two-pass backward with four or two key blocks per window, bias partials summed over one
-    chunk of all 5 windows or over chunks of 2, 2 and 1 (the last one ragged)."""
+    chunk of all 5 windows or over chunks of 2, 2 and 1 (the last one ragged). key_split: the
+    dq/bias pass takes each 128-row window's keys in 2 or 4 parts and sums the bias rows in
+    memory across the chunk's windows (3 and 2, or all 5)."""
     window, shift = (4, 3, 7), (0, 1, 3)
     inp = window_attention_inputs((1, 20, 3, 7, 2, 16), window, torch.float32, DEVICE, seed=block)
 
@@ -194,8 +227,9 @@ def test_two_pass_backward_tilings(block, chunks):
         args = (window, shift, 16**-0.5, -100.0, "effective")
         out, lse = triton_impl.fwd(q, k, v, table, k_pad, v_pad, *args, block=block)
         gs = triton_impl.bwd(
-            g, q, k, v, out, lse, table, k_pad, v_pad, *args, block=block, chunks=chunks
-        )
+            g, q, k, v, out, lse, table, k_pad, v_pad, *args, block=block, chunks=chunks,
+            key_split=key_split,
+        )  # fmt: skip
         return out, list(gs)
 
     check_against_reference(inp, window, shift, "effective", run)
