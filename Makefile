@@ -6,6 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lfvila-installed
 PYTEST := $(PY) -m pytest
+# The GPU image's Triton, beside the pinned one, for the compile report only (tests/kernels/
+# compile_for_gpu.py compiles every kernel variant under both; PYTHONPATH=$(TRITON_GPU) selects it).
+TRITON_GPU := $(VENV)/triton-3.6
 # Without a GPU, Triton kernels run only in its interpreter: the CLI and the conftest files turn
 # TRITON_INTERPRET=1 on by themselves before any kernel is defined.
 
@@ -18,12 +21,16 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	LFVILA_SKIP_CUDA_BUILD=1 $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-venv: $(STAMP)
+$(TRITON_GPU)/.installed: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --upgrade --target $(TRITON_GPU) triton==3.6.0
+	@touch $@
+
+venv: $(STAMP) $(TRITON_GPU)/.installed
 
 demo: $(STAMP)
 	$(PY) -m lfvila demo
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_GPU)/.installed
 	$(PYTEST) tests -q
 	$(PYTEST) benchmarks -q -m "not gpu" --benchmark-disable
 

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# The scripted GPU run: the GPU-marked tests, then the GPU benchmarks and their Markdown report.
-# Sized to finish in under 8 minutes on one H100.
+# The scripted GPU run. Installs nothing: it runs on a bare GPU image with that image's python3
+# and torch (the checkout is imported in place, see below).
 #
-#   benchmarks/gpu_check.sh [--out DIR]     on a GPU machine, with that machine's own python3 and
-#                                           torch (installs this checkout with pip --no-deps -e)
-#   benchmarks/gpu_check.sh --smoke [...]   CPU smoke mode: tiny shapes under the Triton
-#                                           interpreter, so the script itself is tested by `make test`
+#   benchmarks/gpu_check.sh [--out DIR]           every GPU test, then every GPU benchmark and
+#                                                 the Markdown report (about 8 minutes on an H100)
+#   benchmarks/gpu_check.sh --quick [--out DIR]   correctness first (every GPU test, 8 workers when
+#                                                 pytest-xdist is there), then a short benchmark
+#                                                 slice (window attention fwd+bwd, lfvila vs SDPA,
+#                                                 every layer; copy bandwidth): within 5 minutes
+#   benchmarks/gpu_check.sh --bisect [...]        the window-attention bisect (launch variants x
+#                                                 failing cases, compute-sanitizer): one table.
+#                                                 Combines with --quick: tests, bisect, benchmarks
+#   benchmarks/gpu_check.sh --smoke [...]         CPU smoke mode: tiny shapes under the Triton
+#                                                 interpreter, so the script is tested by `make test`
 #
-# Writes to DIR (default benchmarks/results): gpu_tests_<tag>_<date>.log, gpu_check_<tag>_<date>.json
-# (raw pytest-benchmark) and gpu_check_<tag>_<date>.md (the report). Exit status: 0 when every step
-# passed; the report is still written when tests or benchmarks failed.
+# One session with 15 minutes of device time: `benchmarks/gpu_check.sh --quick --bisect --out $OUT`
+# (about 7 minutes). Every step runs under its own time limit; a step that fails or times out is
+# reported and the next one still runs. Writes to DIR (default benchmarks/results):
+# gpu_env_<tag>_<date>.log, gpu_tests_<tag>_<date>.log, bisect_table.md and bisect_logs_<tag>_<date>.tgz
+# (launch logs, sanitizer logs), gpu_check_<tag>_<date>.json (raw pytest-benchmark) and
+# gpu_check_<tag>_<date>.md (the report, with a .png): at most 7 files, as a device call brings
+# back 8. Exit status: 0 when every step passed; the report is still written otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0
+smoke=0 quick=0 bisect=0
 out=benchmarks/results
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
+    --quick) quick=1 ;;
+    --bisect) bisect=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -33,43 +46,136 @@ if [ "$smoke" = 1 ]; then
   tag=cpu-smoke
 else
   py=${PYTHON:-python3}
-  if ! "$py" -c "import lfvila.kernels" 2>/dev/null; then
-    LFVILA_SKIP_CUDA_BUILD=1 "$py" -m pip install -q --no-deps --no-build-isolation -e . || exit 1
+  export PYTHONUNBUFFERED=1
+fi
+
+# Import the checkout in place: setup.py maps kernels/ to lfvila.kernels; without an install the
+# same mapping is a link lfvila/kernels -> ../kernels (ignored by git) and the checkout on
+# PYTHONPATH. Nothing is installed: a GPU image has no registry for pip's build backend.
+if ! "$py" -c "import lfvila.kernels" 2>/dev/null; then
+  [ -e lfvila/kernels ] || ln -s ../kernels lfvila/kernels
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  if ! "$py" -c "import lfvila.kernels"; then
+    echo "gpu_check: cannot import lfvila.kernels from $PWD with $py" >&2
+    exit 1
   fi
+fi
+
+if [ "$smoke" = 0 ]; then
   if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device; use --smoke on a CPU machine" >&2
     exit 1
   fi
   tag=$("$py" -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
-  export PYTHONUNBUFFERED=1
 fi
 date=$(date +%Y%m%d)
 status=0
 start=$(date +%s)
 
-echo "== gpu_check ($tag): tests marked gpu"
-if [ "$smoke" = 1 ]; then
-  # Without a GPU the GPU tests only prove that they import and collect.
-  "$py" -m pytest tests -m gpu --collect-only -q 2>&1 | tee "$out/gpu_tests_${tag}_${date}.log" | tail -n 3
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-else
-  "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$out/gpu_tests_${tag}_${date}.log" | tail -n 25
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-fi
+# step NAME SECONDS FUNCTION: run a step whose commands go through `limited` (that many seconds),
+# say how it ended, keep going.
+limit=60
+limited() { timeout --signal=INT --kill-after=20 "$limit" "$@"; }
+step() {
+  local name=$1 rc
+  limit=$2
+  echo "== gpu_check ($tag): $name (limit ${limit} s; $(( $(date +%s) - start )) s so far)"
+  "$3"
+  rc=$?
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "gpu_check: $name TIMED OUT after ${limit} s" >&2
+  elif [ "$rc" != 0 ]; then
+    echo "gpu_check: $name failed (exit $rc)" >&2
+  fi
+  [ "$rc" = 0 ] || status=1
+  return 0
+}
 
-echo "== gpu_check ($tag): benchmarks marked gpu ($(( $(date +%s) - start )) s so far)"
+environment() {
+  "$py" - <<'EOF'
+import platform, subprocess, torch, triton
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "triton", triton.__version__)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, f"{p.total_memory / 2**30:.0f} GiB", p.multi_processor_count, "SMs")
+    smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    print(smi.stdout.strip())
+for name in ("av", "nvidia.dali", "deepspeed", "flash_attn", "xdist", "torchvision"):
+    try:
+        __import__(name)
+        print(name, "yes")
+    except Exception as exc:  # noqa: BLE001
+        print(name, "no", type(exc).__name__)
+EOF
+}
+environment > "$out/gpu_env_${tag}_${date}.log" 2>&1
+cat "$out/gpu_env_${tag}_${date}.log"
+
+tests() {
+  local log="$out/gpu_tests_${tag}_${date}.log"
+  if [ "$smoke" = 1 ]; then
+    # Without a GPU the GPU tests only prove that they import and collect.
+    limited "$py" -m pytest tests -m gpu --collect-only -q 2>&1 | tee "$log" | tail -n 3
+    return "${PIPESTATUS[0]}"
+  fi
+  local workers=()
+  if "$py" -c "import xdist" 2>/dev/null; then workers=(-n 8); fi
+  limited "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider "${workers[@]}" 2>&1 | tee "$log" | tail -n 40
+  return "${PIPESTATUS[0]}"
+}
+
+bisect() {
+  # details (per-variant launch logs, sanitizer logs) go to one archive: a device call brings
+  # back at most 8 files
+  local args=(--out "$out/bisect") rc
+  mkdir -p "$out/bisect"
+  if [ "$smoke" = 1 ]; then
+    args+=(--smoke --cases tiny-packed-shift:fp32 --variants baseline,one-unit,nan-scratch)
+  else
+    args+=(--sanitizer)
+  fi
+  limited "$py" benchmarks/bisect_window_attention.py "${args[@]}"
+  rc=$?
+  [ -f "$out/bisect/bisect_table.md" ] && cp "$out/bisect/bisect_table.md" "$out/"
+  tar czf "$out/bisect_logs_${tag}_${date}.tgz" -C "$out" bisect && rm -rf "$out/bisect"
+  return $rc
+}
+
 json="$out/gpu_check_${tag}_${date}.json"
-"$py" -m pytest benchmarks -m gpu -q -p no:cacheprovider --benchmark-json="$json" \
-  --benchmark-columns=median,iqr,rounds --benchmark-sort=name 2>&1 | tail -n 15
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+benchmarks() {
+  local select=()
+  if [ "$quick" = 1 ]; then
+    select=(-k "copy_bandwidth or (window_attention_op and fwd_bwd and (triton or sdpa))")
+  fi
+  limited "$py" -m pytest benchmarks -m gpu -q -p no:cacheprovider --benchmark-json="$json" \
+    --benchmark-columns=median,iqr,rounds --benchmark-sort=name "${select[@]}" 2>&1 | tail -n 15
+  return "${PIPESTATUS[0]}"
+}
 
-echo "== gpu_check ($tag): report"
-if [ -s "$json" ]; then
-  "$py" benchmarks/report.py "$json" --out "$out/gpu_check_${tag}_${date}.md" \
-    --command "benchmarks/gpu_check.sh $( [ "$smoke" = 1 ] && echo --smoke )" || status=1
+report() {
+  if [ ! -s "$json" ]; then
+    echo "gpu_check: no benchmark results in $json" >&2
+    return 1
+  fi
+  local flags=""
+  [ "$smoke" = 1 ] && flags+=" --smoke"
+  [ "$quick" = 1 ] && flags+=" --quick"
+  limited "$py" benchmarks/report.py "$json" --out "$out/gpu_check_${tag}_${date}.md" \
+    --command "benchmarks/gpu_check.sh$flags"
+}
+
+if [ "$quick" = 1 ]; then
+  step "GPU tests" 240 tests
+  [ "$bisect" = 1 ] && step "window-attention bisect" 240 bisect
+  step "benchmark slice" 150 benchmarks
+  step "report" 60 report
+elif [ "$bisect" = 1 ]; then
+  step "window-attention bisect" 300 bisect
 else
-  echo "gpu_check: no benchmark results in $json" >&2
-  status=1
+  step "GPU tests" 900 tests
+  step "GPU benchmarks" 1800 benchmarks
+  step "report" 60 report
 fi
 echo "== gpu_check ($tag): done in $(( $(date +%s) - start )) s, status $status; results in $out"
 exit $status

@@ -93,6 +93,7 @@ def intercepted_launches() -> Iterator[list[str]]:
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
+    from lfvila.kernels import _triton_utils as triton_utils
     from lfvila.kernels.contrastive import triton_impl as contrastive_impl
     from lfvila.kernels.window_attn import dispatch, function
     from lfvila.kernels.window_attn import triton_impl as attn_impl
@@ -115,11 +116,9 @@ def intercepted_launches() -> Iterator[list[str]]:
         stack.enter_context(_patched(Autotuner, "run", autotune_run))
         stack.enter_context(_patched(dispatch, "can_run_triton", lambda *a, **k: []))
         stack.enter_context(_patched(function, "USE_TORCH_OPS", False))
+        # launch sizes as on a GPU_SMS-SM GPU, whatever the tensors' device
+        stack.enter_context(_patched(triton_utils, "device_sms", lambda device: GPU_SMS))
         for module in (attn_impl, contrastive_impl):
-            if hasattr(module, "parallel_target"):
-                stack.enter_context(_patched(module, "parallel_target", lambda device: 4 * GPU_SMS))
-            if hasattr(module, "num_sms"):
-                stack.enter_context(_patched(module, "num_sms", lambda index: GPU_SMS))
             for name, obj in list(vars(module).items()):
                 if inspect.isfunction(obj) and "use_kernel" in inspect.signature(obj).parameters:
                     stack.enter_context(_patched(module, name, _force_kernel(obj)))

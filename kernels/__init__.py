@@ -15,8 +15,23 @@ Public API:
                                     LF-VILA's global symmetric InfoNCE, tiled (never N x N)
     mtc_loss(clip_feats, sent_feats, ...) -> Tensor
                                     the Multimodal Temporal Contrastive loss (SPEC.md 7.4)
+    self_check(module, *example_args, on_mismatch) -> [CheckResult]
+                                    every fused call `module` makes, checked against the
+                                    reference on this machine, forward and backward
+    set_first_call_check(mode)      the same check on each distinct call's first use ("error" or
+                                    "fallback"; or LFVILA_KERNEL_SELF_CHECK=error|fallback)
+    KernelMismatchError             what a failed check raises in "error" mode
 """
 
+from ._self_check import (
+    CheckResult,
+    FusedCall,
+    KernelMismatchError,
+    check_calls,
+    record_fused_calls,
+    self_check,
+    set_first_call_check,
+)
 from .contrastive import (
     ContrastiveLoss,
     MTCLoss,
@@ -40,11 +55,15 @@ from .window_attn import (
 )
 
 __all__ = [
+    "CheckResult",
     "ContrastiveLoss",
+    "FusedCall",
+    "KernelMismatchError",
     "MTCLoss",
     "WindowAttention3D",
     "can_run_cuda",
     "can_run_triton",
+    "check_calls",
     "contrastive_loss",
     "contrastive_loss_ref",
     "gather_batch",
@@ -52,8 +71,11 @@ __all__ = [
     "mtc_loss",
     "mtc_loss_ref",
     "patch_torchvision_swin3d",
+    "record_fused_calls",
     "relative_position_index",
     "sample_mtc_indices",
+    "self_check",
+    "set_first_call_check",
     "window_attention",
     "window_attention_qkv",
     "window_attention_ref",

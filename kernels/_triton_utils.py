@@ -39,13 +39,26 @@ def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def parallel_target(device: torch.device) -> int:
-    """Programs to aim for so that every SM has work: 4 per SM on a GPU, a handful otherwise."""
-    if device.type == "cuda":
-        return 4 * num_sms(
-            device.index if device.index is not None else torch.cuda.current_device()
-        )
-    return 8
+PROGRAMS_PER_SM = 4
+PROGRAMS_OFF_GPU = 8  # CPU tensors: the interpreter, where programs run one after another
+
+
+def device_sms(device: torch.device) -> int | None:
+    """Multiprocessors of a CUDA device; None for any other device.
+
+    The one place launch sizes learn about the hardware: the compile report
+    (tests/kernels/compile_for_gpu.py) replaces it to size launches as on an H100/H200 without one.
+    """
+    if device.type != "cuda":
+        return None
+    return num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def parallel_target(device: torch.device, per_sm: int = PROGRAMS_PER_SM) -> int:
+    """Programs to aim for so that every SM has work: `per_sm` per SM on a GPU (4 by default),
+    a handful otherwise."""
+    sms = device_sms(device)
+    return PROGRAMS_OFF_GPU if sms is None else per_sm * sms
 
 
 def dot_precision(dtype: torch.dtype) -> str:

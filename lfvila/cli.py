@@ -209,11 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(unknown or later))
     if later:
         args.overrides = [*args.overrides, *later]
+    from lfvila.kernels import KernelMismatchError
+
     from .data.datasets import TooManyBadVideos
     from .training.loop import TrainingError
 
     try:
         return args.func(args)
+    except KernelMismatchError as exc:  # the kernel self-check: its message says what to do
+        print(f"lfvila {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except TrainingError as exc:
         print(f"lfvila {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -208,6 +208,21 @@ class ModelConfig:
 class KernelConfig:
     backend: Backend = "auto"
     """Overrides every 'auto' kernel backend (window attention, contrastive losses)."""
+    self_check: bool = True
+    """Before the first step (and before `lfvila evaluate`), run every fused kernel the model
+    will run, at its real shapes, forward and backward, against the reference on this machine
+    (lfvila/training/kernel_check.py). Skipped where nothing is fused (the CPU's reference)."""
+    self_check_batch: int | None = None
+    """Batch of that check. null: train.batch_size, so the check compiles and runs the same
+    kernel variants as the training (program counts and loop trip counts follow the batch);
+    1 is the cheapest."""
+    on_mismatch: Literal["error", "fallback"] = "error"
+    """A kernel that disagrees with its reference: 'error' stops with a message naming the
+    layer, the shape and the error; 'fallback' runs those calls on the reference and says so."""
+
+    def __post_init__(self):
+        if self.self_check_batch is not None and self.self_check_batch < 1:
+            raise ValueError(f"kernels.self_check_batch must be >= 1, got {self.self_check_batch}")
 
 
 @dataclass(kw_only=True)

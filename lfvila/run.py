@@ -226,6 +226,9 @@ def pretrain(
                 steps_per_epoch,
                 cfg.train.batch_size * world.world_size * cfg.train.grad_accum,
             )
+        from .training.kernel_check import run_kernel_self_check
+
+        run_kernel_self_check(engine.module, cfg, engine, world)  # before any step
         from .model.flops import flops_per_sample, peak_tflops
 
         peak = None
@@ -413,8 +416,12 @@ def evaluate_weights(cfg: Config, weights: str | Path, run_dir: str | Path) -> d
         report = load_weights_any(model, weights, strict=True)
         logger.info("weights %s: %s", weights, _summary(report, "weights"))
 
+        from .training.kernel_check import run_kernel_self_check
+
+        engine = InferenceEngine(model, world)
+        run_kernel_self_check(engine.module, cfg, engine, world)  # before any evaluation
         ctx = StepContext(world, None, torch.Generator().manual_seed(cfg.train.seed))
-        results = evaluate(InferenceEngine(model, world), evaluations, ctx)
+        results = evaluate(engine, evaluations, ctx)
         if world.is_main:
             for name, metrics in results.items():
                 logger.info("%s: %s", name, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

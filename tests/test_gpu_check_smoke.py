@@ -27,3 +27,52 @@ def test_gpu_check_smoke_mode_writes_a_report(tmp_path):
     assert "## Stage-1 training step" in text and "fused step >= 1.3x" in text
     assert "copy bandwidth" in text
     assert list(tmp_path.glob("gpu_tests_cpu-smoke_*.log"))
+
+
+def test_gpu_check_quick_bisect_smoke_mode(tmp_path):
+    """--quick --bisect: tests (collection here), the bisect table, the benchmark slice, the
+    report, and no more than the 8 files a device call brings back."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--quick", "--bisect",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) <= 8 and all((tmp_path / f).is_file() for f in files), files
+    table = (tmp_path / "bisect_table.md").read_text()
+    assert "| tiny-packed-shift:fp32 | ok | ok | ok |" in table
+    report = next(tmp_path.glob("gpu_check_cpu-smoke_*.md")).read_text()
+    assert "| triton |" in report and "| sdpa |" in report
+    assert "flex" not in report  # the slice: lfvila against SDPA only
+    assert "GPU tests (limit 240 s" in result.stdout
+
+
+def test_bisect_reports_wrong_and_racy_kernels(monkeypatch):
+    """The bisect's cells can fail: a kernel whose dq is off, and one whose bits change run to
+    run, are reported as such."""
+    from benchmarks import bisect_window_attention as bisect
+    from lfvila.kernels.window_attn import triton_impl
+
+    case = bisect.parse_case("tiny-packed-shift:fp32")
+    log = bisect.LaunchLog()
+    assert bisect.run_case(case, "baseline", 2, "cpu", log) == "ok"
+    assert any(line.startswith("_bwd_fused_kernel") for line in log.lines)
+    bwd = triton_impl.bwd
+
+    def wrong(*args, **kwargs):
+        dq, *rest = bwd(*args, **kwargs)
+        return (dq * 1.01, *rest)
+
+    monkeypatch.setattr(triton_impl, "bwd", wrong)
+    assert bisect.run_case(case, "baseline", 2, "cpu", log).startswith("dq ")
+    calls = []
+
+    def racy(*args, **kwargs):
+        dq, *rest = bwd(*args, **kwargs)
+        calls.append(1)
+        return (dq + len(calls) * 1e-7, *rest)
+
+    monkeypatch.setattr(triton_impl, "bwd", racy)
+    assert bisect.run_case(case, "baseline", 2, "cpu", log).endswith(" ND")

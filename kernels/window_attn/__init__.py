@@ -8,7 +8,7 @@ from .dispatch import (
     window_attention,
     window_attention_qkv,
 )
-from .reference import relative_position_index, window_attention_ref
+from .reference import relative_position_index, window_attention_lse_ref, window_attention_ref
 from .torchvision_patch import patch_torchvision_swin3d
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "patch_torchvision_swin3d",
     "relative_position_index",
     "window_attention",
+    "window_attention_lse_ref",
     "window_attention_qkv",
     "window_attention_ref",
 ]

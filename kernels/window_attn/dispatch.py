@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .. import _self_check
 from .._backend import ext_missing_reason, load_ext
 from .._dispatch import choose_backend, triton_device_reasons
 from .function import WindowAttentionFunction, WindowAttentionQKVFunction
@@ -175,20 +176,14 @@ def window_attention(
     )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = _choose_backend(backend, q, k, v, dropout_p)
+    if chosen != "reference" and _self_check.active():
+        chosen = _checked_backend(q, window, shift, rel_pos_bias, pad_kv, False, scale,
+                                  mask_value, clamped_index, chosen)  # fmt: skip
     if chosen == "reference":
         return window_attention_ref(
-            q,
-            k,
-            v,
-            window,
-            shift,
-            rel_pos_bias,
-            scale,
-            pad_kv,
-            mask_value,
-            clamped_index,
+            q, k, v, window, shift, rel_pos_bias, scale, pad_kv, mask_value, clamped_index,
             dropout_p,
-        )
+        )  # fmt: skip
     k_pad, v_pad = (p.contiguous() for p in pad_kv) if pad_kv is not None else (None, None)
     return WindowAttentionFunction.apply(
         q, k, v, rel_pos_bias, k_pad, v_pad, window, shift, scale, float(mask_value),
@@ -223,6 +218,9 @@ def window_attention_qkv(
     )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = _choose_backend(backend, q, k, v, dropout_p)
+    if chosen != "reference" and _self_check.active():
+        chosen = _checked_backend(q, window, shift, rel_pos_bias, pad_kv, True, scale,
+                                  mask_value, clamped_index, chosen)  # fmt: skip
     if chosen == "reference":
         return window_attention_ref(
             q, k, v, window, shift, rel_pos_bias, scale, pad_kv, mask_value, clamped_index,
@@ -233,6 +231,15 @@ def window_attention_qkv(
         qkv, rel_pos_bias, k_pad, v_pad, window, shift, scale, float(mask_value), clamped_index,
         chosen,
     )  # fmt: skip
+
+
+def _checked_backend(q, window, shift, table, pad_kv, packed, scale, mask_value, ci, chosen):
+    """The self-check's say on a fused call (recording, fallback, first-call check)."""
+    call = _self_check.window_attention_call(
+        q.shape, q.dtype, q.device, window, shift, table.dtype if table is not None else None,
+        pad_kv[0].dtype if pad_kv is not None else None, packed, scale, mask_value, ci,
+    )  # fmt: skip
+    return _self_check.on_fused_call(call, chosen)
 
 
 class WindowAttention3D(nn.Module):

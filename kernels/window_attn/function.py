@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .._backend import torch_ops_enabled
+from .._buffers import alloc
 
 _IMPL_MODULES = {"triton": "lfvila.kernels.window_attn.triton_impl"}
 
@@ -152,7 +153,7 @@ def _fwd_qkv(impl, qkv, table, k_pad, v_pad, window, shift, scale, mask_value, c
 
 def _bwd_qkv(impl, do, qkv, o, lse, table, k_pad, v_pad, window, shift, scale, mask_value, ci):
     """-> (dqkv, dtable, dk_pad, dv_pad), absent inputs' gradients None."""
-    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dqkv = alloc(qkv.shape, qkv.dtype, qkv.device)
     _, _, _, dtable, dk_pad, dv_pad = _launchers(impl).bwd(
         do, *qkv.unbind(4), o, lse, table, k_pad, v_pad, tuple(window), tuple(shift), scale,
         mask_value, ci, grads_out=tuple(dqkv.unbind(4)),

@@ -156,6 +156,44 @@ def relative_position_index(window_size: tuple[int, int, int]) -> torch.Tensor:
     return window_slots(window_geometry(tuple(window_size), tuple(window_size)))["bias_index"]
 
 
+def _windows(x, pad_row, geom: WindowGeometry, to_windows, to_map) -> torch.Tensor:
+    """(B, T, H, W, heads, D) -> (B, heads, nW, N, D) window rows (pad, shift, partition in one
+    gather); padding tokens take `pad_row` (heads, D), or zeros when it is None."""
+    B, T, H, W, heads, D = x.shape
+    x = x.reshape(B, T * H * W, heads, D)
+    if geom.has_padding:
+        fill = x.new_zeros(heads, D) if pad_row is None else pad_row.to(x.dtype)
+        x = torch.cat([x, fill.expand(B, 1, heads, D)], dim=1)
+        rows = x.reshape(-1, D).index_select(0, to_windows)
+    else:
+        rows = _PermuteRows.apply(x.reshape(-1, D), to_windows, to_map)
+    return rows.view(B, heads, geom.num_windows, geom.tokens, D)
+
+
+def _window_scores(qw, kw, geom: WindowGeometry, rel_pos_bias, mask_value, mask_padded_keys):
+    """Scaled window scores (B, heads, nW, N, N) with the bias, the shift mask and (None pad_kv)
+    the padded-key mask applied: the softmax input."""
+    n = geom.tokens
+    scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, heads, nW, N, N)
+    # In-place additions: matmul's backward needs its inputs, not its output.
+    if rel_pos_bias is not None:
+        index = window_slots(geom)["bias_index"].to(qw.device).reshape(-1)
+        # index_select, not table[index]: its backward is index_add_, 15x faster on CPU than the
+        # accumulating index_put_ that advanced indexing uses (the table gradient of L5).
+        bias = rel_pos_bias.index_select(0, index).view(n, n, -1).permute(2, 0, 1)
+        # contiguous first: a broadcast add over a transposed operand is 2x slower on CPU
+        scores.add_(bias.to(scores.dtype).contiguous().unsqueeze(1))
+    shift_mask, key_mask = _additive_masks(
+        geom, float(mask_value), mask_padded_keys, scores.dtype, qw.device
+    )
+    if shift_mask is not None:
+        scores.add_(shift_mask)
+    if key_mask is not None:
+        # Replace, not add: a finite minimum keeps fully masked (discarded) padding rows NaN-free.
+        scores = scores.masked_fill(key_mask, torch.finfo(scores.dtype).min)
+    return scores, shift_mask is not None
+
+
 def window_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -189,46 +227,45 @@ def window_attention_ref(
     B, T, H, W, heads, D = q.shape
     geom = window_geometry((T, H, W), tuple(window_size), tuple(shift_size), clamped_index)
     scale = D**-0.5 if scale is None else scale
-    nw, n = geom.num_windows, geom.tokens
     to_windows, to_map = _gather_indices(geom, B, heads, q.device)
-
-    def windows(x: torch.Tensor, pad_row: torch.Tensor | None) -> torch.Tensor:
-        x = x.reshape(B, T * H * W, heads, D)
-        if geom.has_padding:
-            fill = x.new_zeros(heads, D) if pad_row is None else pad_row.to(x.dtype)
-            x = torch.cat([x, fill.expand(B, 1, heads, D)], dim=1)
-            rows = x.reshape(-1, D).index_select(0, to_windows)
-        else:
-            rows = _PermuteRows.apply(x.reshape(-1, D), to_windows, to_map)
-        return rows.view(B, heads, nw, n, D)  # (B*heads*nW*N, D) -> (B, heads, nW, N, D)
-
     k_pad, v_pad = pad_kv if pad_kv is not None else (None, None)
-    qw = windows(q, None)
+    qw = _windows(q, None, geom, to_windows, to_map)
     if scale != 1.0:
         qw.mul_(scale)  # in place: the gather's backward does not need its output
-    kw, vw = windows(k, k_pad), windows(v, v_pad)
-
-    scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, heads, nW, N, N)
-    # In-place additions: matmul's backward needs its inputs, not its output.
-    if rel_pos_bias is not None:
-        index = window_slots(geom)["bias_index"].to(q.device).reshape(-1)
-        # index_select, not table[index]: its backward is index_add_, 15x faster on CPU than the
-        # accumulating index_put_ that advanced indexing uses (the table gradient of L5).
-        bias = rel_pos_bias.index_select(0, index).view(n, n, heads).permute(2, 0, 1)
-        # contiguous first: a broadcast add over a transposed operand is 2x slower on CPU
-        scores.add_(bias.to(scores.dtype).contiguous().unsqueeze(1))
-    shift_mask, key_mask = _additive_masks(
-        geom, float(mask_value), pad_kv is None, scores.dtype, q.device
-    )
-    if shift_mask is not None:
-        scores.add_(shift_mask)
-    if key_mask is not None:
-        # Replace, not add: a finite minimum keeps fully masked (discarded) padding rows NaN-free.
-        scores = scores.masked_fill(key_mask, torch.finfo(scores.dtype).min)
-    attn = _softmax(scores, flush_subnormals=shift_mask is not None)
+    kw = _windows(k, k_pad, geom, to_windows, to_map)
+    vw = _windows(v, v_pad, geom, to_windows, to_map)
+    scores, shifted = _window_scores(qw, kw, geom, rel_pos_bias, mask_value, pad_kv is None)
+    attn = _softmax(scores, flush_subnormals=shifted)
     if dropout_p > 0.0:
         attn = torch.nn.functional.dropout(attn, p=dropout_p)
     out = torch.matmul(attn, vw).reshape(-1, D)  # (B*heads*nW*N, D)
     if geom.has_padding:
         return out.index_select(0, to_map).view(B, T, H, W, heads, D)
     return _PermuteRows.apply(out, to_map, to_windows).view(B, T, H, W, heads, D)
+
+
+def window_attention_lse_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    window_size: tuple[int, int, int],
+    shift_size: tuple[int, int, int] = (0, 0, 0),
+    rel_pos_bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    pad_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mask_value: float = -100.0,
+    clamped_index: str = "effective",
+) -> torch.Tensor:
+    """The log-sum-exp (natural log) of each query's softmax input, (B, T, H, W, heads), in q's
+    dtype: what the fused forward saves for its backward (it stores log2 units: this times
+    log2(e)). Same arguments as `window_attention_ref`; a check of the forward's statistics
+    apart from its output."""
+    B, T, H, W, heads, D = q.shape
+    geom = window_geometry((T, H, W), tuple(window_size), tuple(shift_size), clamped_index)
+    scale = D**-0.5 if scale is None else scale
+    to_windows, to_map = _gather_indices(geom, B, heads, q.device)
+    k_pad = pad_kv[0] if pad_kv is not None else None
+    qw = _windows(q, None, geom, to_windows, to_map) * scale
+    kw = _windows(k, k_pad, geom, to_windows, to_map)
+    scores, _ = _window_scores(qw, kw, geom, rel_pos_bias, mask_value, pad_kv is None)
+    lse = torch.logsumexp(scores, dim=-1).reshape(-1)  # (B*heads*nW*N,)
+    return lse.index_select(0, to_map).view(B, T, H, W, heads)

@@ -47,7 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import autotune, dot_precision, num_sms, parallel_target
+from .._buffers import alloc
+from .._triton_utils import PROGRAMS_PER_SM, autotune, dot_precision, parallel_target
 from .geometry import WindowGeometry, next_power_of_2, window_geometry
 from .reference import CPU, window_slots
 
@@ -635,11 +636,9 @@ def _programs(
     units: int, per_unit_programs: int, device: torch.device, per_sm: int | None = None
 ) -> int:
     """How many programs to spread `units` over (each also spans `per_unit_programs` others):
-    enough for `per_sm` resident programs per SM (default: parallel_target's 4), a fixed number
+    enough for `per_sm` resident programs per SM (default PROGRAMS_PER_SM, 4), a fixed number
     per (shape, device), so the reduction order and hence the bits never change."""
-    target = parallel_target(device)
-    if per_sm is not None and device.type == "cuda":
-        target = per_sm * num_sms(device.index if device.index is not None else 0)
+    target = parallel_target(device, per_sm or PROGRAMS_PER_SM)
     return max(1, min(units, math.ceil(target / per_unit_programs)))
 
 
@@ -683,8 +682,8 @@ def fwd(
     nj = max(1, np_rows // blk)
     total_windows = B * geom.num_windows
     units = triton.cdiv(total_windows * np_rows, blk)
-    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    o = alloc(q.shape, q.dtype, q.device)
+    lse = alloc(q.shape[:-1], torch.float32, q.device)
     programs = _programs(units, heads, q.device)
     per_program = triton.cdiv(units, programs)
     programs = triton.cdiv(units, per_program)
@@ -737,7 +736,7 @@ def bwd(
     total_windows = B * geom.num_windows
     do = do.contiguous()
     if grads_out is None:
-        dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+        dq, dk, dv = (alloc(q.shape, q.dtype, q.device) for _ in range(3))
     else:
         dq, dk, dv = grads_out
         if not dq.stride() == dk.stride() == dv.stride():
@@ -762,8 +761,8 @@ def bwd(
             n_chunks = chunks or _programs(units, heads, q.device, FUSED_BWD_RESIDENT_PER_SM)
             per_chunk = triton.cdiv(units, n_chunks)
             n_chunks = triton.cdiv(units, per_chunk)
-            db_part = torch.empty((n_chunks, heads, blk, blk), **f32) if has_bias else dummy
-            pad_part = torch.empty((n_chunks, 2, heads, D), **f32) if has_pad else dummy
+            db_part = alloc((n_chunks, heads, blk, blk), **f32) if has_bias else dummy
+            pad_part = alloc((n_chunks, 2, heads, D), **f32) if has_pad else dummy
             _bwd_fused_kernel[(heads, n_chunks)](
                 q, k, v, *side, do, o, lse, dq, dk, dv, db_part, pad_part, *strides,
                 total_windows, heads, per_chunk, scale, *scalars, BLOCK=blk, **flags,
@@ -778,14 +777,14 @@ def bwd(
             per_chunk = triton.cdiv(total_windows, n_chunks)
             n_chunks = triton.cdiv(total_windows, per_chunk)
             parts = key_split or dq_key_split(np_rows, D, geom.shifted)
-            delta = torch.empty(lse.shape, **f32)
-            db_part = torch.empty((n_chunks, heads, np_rows, np_rows), **f32) if has_bias else dummy
+            delta = alloc(lse.shape, **f32)
+            db_part = alloc((n_chunks, heads, np_rows, np_rows), **f32) if has_bias else dummy
             _bwd_dq_bias_kernel[(heads, nqb, n_chunks)](
                 q, k, v, *side, do, o, lse, delta, dq, db_part, *strides, total_windows, heads,
                 per_chunk, scale, *scalars, BLOCK_Q=bq, KEY_SPLIT=parts, **flags,
                 **dq_bias_launch(bq, np_rows, D, parts),
             )  # fmt: skip
-            pad_part = torch.empty((total_windows * nj, 2, heads, D), **f32) if has_pad else dummy
+            pad_part = alloc((total_windows * nj, 2, heads, D), **f32) if has_pad else dummy
             _bwd_dkdv_kernel[(heads, total_windows * nj)](
                 q, k, v, *side, do, lse, delta, dk, dv, pad_part, *strides, total_windows, heads,
                 scale, *scalars, BLOCK=blk, NJ=nj, **flags, **bwd_launch(blk, D, q.dtype),
@@ -831,7 +830,7 @@ def reduce_bias_partials(
     if not (part.is_cuda if use_kernel is None else use_kernel):
         blocks = part.view(chunks, heads, packed, np_rows, packed, np_rows)
         return blocks.diagonal(dim1=2, dim2=4).sum(dim=(0, -1))[:, :n, :n].contiguous()
-    dense = part.new_empty(heads, n, n)
+    dense = alloc((heads, n, n), part.dtype, part.device)
     block_e = 256
     with _on_device(part):
         _reduce_bias_kernel[(triton.cdiv(n * n, block_e), heads)](
@@ -889,7 +888,7 @@ def dense_to_table(dense: torch.Tensor, geom: WindowGeometry, use_kernel: bool |
     row_ptr, cols, max_count, index = _bias_pairs(geom, dense.device)
     if not (dense.is_cuda if use_kernel is None else use_kernel):
         return dense.new_zeros(geom.table_rows, heads).index_add_(0, index, dense.t())
-    table = dense.new_empty(geom.table_rows, heads)
+    table = alloc((geom.table_rows, heads), dense.dtype, dense.device)
     block_r = 128
     with _on_device(dense):
         _fold_bias_kernel[(triton.cdiv(geom.table_rows, block_r), heads)](

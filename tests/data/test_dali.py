@@ -9,7 +9,6 @@ import json
 import logging
 import os
 
-import av
 import pytest
 import torch
 
@@ -18,6 +17,9 @@ from lfvila.data.datasets import EpochSampler, ExactDistributedSampler, Retrieva
 
 from ..helpers import frame_marks, write_index_clip
 from .test_video_reads import count_io
+
+# PyAV is optional (the GPU image has none): skip this module, not error, without it.
+av = pytest.importorskip("av")
 
 pytestmark = pytest.mark.dali
 

@@ -86,7 +86,7 @@ for spec in LFVILA_LAYERS:
     dqkv, dtable = torch.autograd.grad(out, [qkv, table], torch.ones_like(out))
     h = hashlib.sha256()
     for t in (out, dqkv, dtable):
-        h.update(t.float().cpu().numpy().tobytes())
+        h.update(t.detach().float().cpu().numpy().tobytes())  # out requires grad
     print(spec.name, h.hexdigest())
 """
 
