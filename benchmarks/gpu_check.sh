@@ -131,9 +131,10 @@ bisect() {
   local args=(--out "$out/bisect") rc
   mkdir -p "$out/bisect"
   if [ "$smoke" = 1 ]; then
-    args+=(--smoke --cases tiny-packed-shift:fp32 --variants baseline,one-unit,nan-scratch)
+    # two worker processes: the parallel path the GPU takes
+    args+=(--smoke --cases tiny-packed-shift:fp32 --variants baseline,one-unit,nan-scratch --jobs 2)
   else
-    args+=(--sanitizer)
+    args+=(--sanitizer --sanitizer-timeout 170)
   fi
   limited "$py" benchmarks/bisect_window_attention.py "${args[@]}"
   rc=$?
@@ -166,10 +167,11 @@ report() {
 }
 
 if [ "$quick" = 1 ]; then
-  step "GPU tests" 240 tests
-  [ "$bisect" = 1 ] && step "window-attention bisect" 240 bisect
-  step "benchmark slice" 150 benchmarks
-  step "report" 60 report
+  # worst case 200 + 220 + 120 + 30 s: inside a device call's 10 minutes with room to spare
+  step "GPU tests" 200 tests
+  [ "$bisect" = 1 ] && step "window-attention bisect" 220 bisect
+  step "benchmark slice" 120 benchmarks
+  step "report" 30 report
 elif [ "$bisect" = 1 ]; then
   step "window-attention bisect" 300 bisect
 else

@@ -75,11 +75,24 @@ class FusedCall:
         return dataclasses.replace(self, shape=(batch, *self.shape[1:]))
 
     def describe(self) -> str:
+        """'window_attention (2, 32, 24, 40, 4, 32) bfloat16, window (2, 3, 5) shift (0, 1, 2),
+        table float32, packed qkv' and the like."""
         dtype = str(self.dtype).replace("torch.", "")
-        shown = ", ".join(
-            f"{k} {_short(v)}" for k, v in self.params if k not in ("scale", "packed") and v
-        )
-        return f"{self.op} {tuple(self.shape)} {dtype}" + (f" ({shown})" if shown else "")
+        text = f"{self.op} {tuple(self.shape)} {dtype}"
+        p = dict(self.params)
+        if self.op != "window_attention":
+            return text + ", " + ", ".join(f"{k} {_short(v)}" for k, v in self.params)
+        text += f", window {p['window']} shift {p['shift']}"
+        text += f", table {_short(p['table_dtype'])}" if p["table_dtype"] else ", no table"
+        if p["pad_dtype"]:
+            text += f", pad k/v {_short(p['pad_dtype'])}"
+        if p["packed"]:
+            text += ", packed qkv"
+        if p["mask_value"] != -100.0:
+            text += f", mask value {p['mask_value']}"
+        if p["clamped_index"] != "effective":
+            text += f", {p['clamped_index']} index"
+        return text
 
 
 def _short(value) -> str:
@@ -271,7 +284,14 @@ def check_call(call: FusedCall, modules: list[str] | None = None, seed: int = 0)
     start = time.perf_counter()
     previous, _in_check = _in_check, True
     try:
-        with torch.inference_mode(False), torch.enable_grad(), no_tf32():
+        # the call's own dtypes, whatever autocast the caller runs under; exact references
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast("cuda", enabled=False),
+            torch.autocast("cpu", enabled=False),
+            no_tf32(),
+        ):
             pairs = _CHECKS[call.op](call, seed)
     finally:
         _in_check = previous

@@ -46,7 +46,7 @@ def test_gpu_check_quick_bisect_smoke_mode(tmp_path):
     report = next(tmp_path.glob("gpu_check_cpu-smoke_*.md")).read_text()
     assert "| triton |" in report and "| sdpa |" in report
     assert "flex" not in report  # the slice: lfvila against SDPA only
-    assert "GPU tests (limit 240 s" in result.stdout
+    assert "GPU tests (limit 200 s" in result.stdout
 
 
 def test_bisect_reports_wrong_and_racy_kernels(monkeypatch):

@@ -235,6 +235,7 @@ def window_attention_qkv(
 
 def _checked_backend(q, window, shift, table, pad_kv, packed, scale, mask_value, ci, chosen):
     """The self-check's say on a fused call (recording, fallback, first-call check)."""
+    shift = window_geometry(q.shape[1:4], window, shift, ci).shift  # 0 on clamped axes
     call = _self_check.window_attention_call(
         q.shape, q.dtype, q.device, window, shift, table.dtype if table is not None else None,
         pad_kv[0].dtype if pad_kv is not None else None, packed, scale, mask_value, ci,

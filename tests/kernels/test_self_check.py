@@ -5,6 +5,7 @@ replaced by the reference. CPU: the Triton interpreter, fp32."""
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import pytest
 import torch
@@ -170,3 +171,22 @@ def test_env_variable_turns_the_first_call_check_on(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
         assert _self_check._env_mode() is None
     assert "is not one of" in caplog.text
+
+
+@pytest.mark.gpu
+def test_self_check_passes_on_lfvila_stage1_video_encoder_gpu():
+    """Every fused call of the full-size stage-1 video encoder under bf16 autocast (the packed
+    qkv path, fp32 tables, shifted and not, every layer) matches the reference on this GPU."""
+    from lfvila.config import load_config
+    from lfvila.model.video_swin import VideoEncoder
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "pretrain_stage1.yaml").model.video
+    torch.manual_seed(0)
+    encoder = VideoEncoder(cfg).cuda().eval()
+    video = torch.randn(2, 3, cfg.num_frames, *cfg.input_size, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        results = self_check(encoder, video, False, on_mismatch=None)
+    assert len(results) >= 10  # L0-L5, shifted and not (L5 is never shifted; L3 == L4)
+    bad = [r.summary() + "\n    " + r.message for r in results if not r.ok]
+    assert not bad, "\n".join(bad)
