@@ -23,7 +23,13 @@ from .geometry import WindowGeometry, window_geometry
 CPU = torch.device("cpu")
 
 
+# The caches below hold index tensors that autograd saves (index_select's backward). They are built
+# under `torch.inference_mode(False)`: a first call inside inference mode (lfvila.Encoder) would
+# otherwise cache inference tensors, and every later call with gradients would fail.
+
+
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
     """CPU index tensors of one geometry.
 
@@ -62,6 +68,7 @@ def window_slots(geom: WindowGeometry) -> dict[str, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _gather_indices(geom: WindowGeometry, batch: int, heads: int, device: torch.device):
     """Row indices into (B*(THW+pad_row)*heads, D) and back, on `device`.
 
@@ -89,6 +96,7 @@ def _gather_indices(geom: WindowGeometry, batch: int, heads: int, device: torch.
 
 
 @functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _additive_masks(
     geom: WindowGeometry, mask_value: float, mask_padded_keys: bool, dtype: torch.dtype, device
 ):

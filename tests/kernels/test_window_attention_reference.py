@@ -117,3 +117,23 @@ def test_window_attention_module_matches_torchvision(case):
         ["input"] + params, grads(out_ours, [x_ours] + p_ours, g), grads(out_tv, [x_tv] + p_tv, g)
     ):
         assert_close_verbose(a, b, atol=1e-11, rtol=1e-9, name=name)
+
+
+def test_reference_after_a_first_call_in_inference_mode():
+    """The index caches are built outside inference mode: a geometry first met under
+    `torch.inference_mode()` (lfvila.Encoder) still trains afterwards in the same process."""
+    from lfvila.kernels import window_attention_ref
+
+    shape, window, shift = (
+        (1, 3, 7, 11, 2, 8),
+        (3, 7, 11),
+        (1, 3, 5),
+    )  # a geometry no other test uses
+    q, k, v = (torch.randn(shape) for _ in range(3))
+    table = torch.randn(5 * 13 * 21, 2)
+    with torch.inference_mode():
+        window_attention_ref(q, k, v, window, shift, table)
+    q.requires_grad_(True)
+    table.requires_grad_(True)
+    window_attention_ref(q, k, v, window, shift, table).sum().backward()
+    assert q.grad is not None and table.grad is not None
