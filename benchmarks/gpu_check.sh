@@ -11,6 +11,10 @@
 #   benchmarks/gpu_check.sh --bisect [...]        the window-attention bisect (launch variants x
 #                                                 failing cases, compute-sanitizer): one table.
 #                                                 Combines with --quick: tests, bisect, benchmarks
+#   benchmarks/gpu_check.sh --train [...]         the training-step benchmarks only (issue 20: stage
+#                                                 1 and 2, fused and reference, eager and compiled,
+#                                                 the step profile, activation checkpointing) and
+#                                                 the report
 #   benchmarks/gpu_check.sh --smoke [...]         CPU smoke mode: tiny shapes under the Triton
 #                                                 interpreter, so the script is tested by `make test`
 #
@@ -24,15 +28,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0 quick=0 bisect=0
+smoke=0 quick=0 bisect=0 train=0
 out=benchmarks/results
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --quick) quick=1 ;;
     --bisect) bisect=1 ;;
+    --train) train=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -148,8 +153,12 @@ benchmarks() {
   local select=()
   if [ "$quick" = 1 ]; then
     select=(-k "copy_bandwidth or (window_attention_op and fwd_bwd and (triton or sdpa))")
+  elif [ "$train" = 1 ]; then
+    select=(benchmarks/test_bench_train_step.py)
   fi
-  limited "$py" -m pytest benchmarks -m gpu -q -p no:cacheprovider --benchmark-json="$json" \
+  local where=(benchmarks)
+  if [ "$train" = 1 ] && [ "$quick" = 0 ]; then where=(); fi  # the file is in select
+  limited "$py" -m pytest "${where[@]}" -m gpu -q -p no:cacheprovider --benchmark-json="$json" \
     --benchmark-columns=median,iqr,rounds --benchmark-sort=name "${select[@]}" 2>&1 | tail -n 15
   return "${PIPESTATUS[0]}"
 }
@@ -162,6 +171,7 @@ report() {
   local flags=""
   [ "$smoke" = 1 ] && flags+=" --smoke"
   [ "$quick" = 1 ] && flags+=" --quick"
+  [ "$train" = 1 ] && flags+=" --train"
   limited "$py" benchmarks/report.py "$json" --out "$out/gpu_check_${tag}_${date}.md" \
     --command "benchmarks/gpu_check.sh$flags"
 }
@@ -171,6 +181,10 @@ if [ "$quick" = 1 ]; then
   step "GPU tests" 200 tests
   [ "$bisect" = 1 ] && step "window-attention bisect" 220 bisect
   step "benchmark slice" 120 benchmarks
+  step "report" 30 report
+elif [ "$train" = 1 ]; then
+  # full-size models, 2 stages x 2 backends x eager/compiled, the profile, checkpointing
+  step "training-step benchmarks" 540 benchmarks
   step "report" 30 report
 elif [ "$bisect" = 1 ]; then
   step "window-attention bisect" 300 bisect

@@ -267,6 +267,66 @@ def train_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"\nTarget (issue 4): fused step >= 1.3x the reference step: {ratio:.2f}x, {verdict}"
         )
+    for r in steps:  # issue 20: the compiled fused stage-1 step
+        if r["provider"] != "triton+compile" or not r["case"].startswith("stage 1"):
+            continue
+        mfu, peak = r.get("mfu"), r.get("peak_gib")
+        checks = [
+            ("MFU >= 30%", mfu is not None and mfu >= 0.30, f"{100 * mfu:.1f}%" if mfu else "-"),
+            ("<= 60 ms per step", r["median_ms"] <= 60.0, f"{r['median_ms']:.1f} ms"),
+            ("peak memory <= 40 GiB", peak is not None and peak <= 40.0, _fmt(peak) + " GiB"),
+        ]
+        for name, ok, value in checks:
+            lines.append(f"\nTarget (issue 20, {r['case']}): {name}: {value}, "
+                         + ("met" if ok else "NOT met"))  # fmt: skip
+    return lines
+
+
+def profile_section(rows: list[dict]) -> list[str]:
+    """Issue 20: where the step's time goes (benchmarks/step_profile.py)."""
+    profiled = [r for r in rows if r.get("profile")]
+    lines = []
+    for r in profiled:
+        p = r["profile"]
+        unit = "GPU kernels" if p["device"] == "cuda" else "CPU ATen ops (self time)"
+        lines += [
+            f"{r['case']}, {r['provider']}: {p['wall_ms']:.1f} ms per step wall clock over "
+            f"{p['steps']} profiled steps; {unit}.",
+            "",
+            "| kind | ms / step | share of the step |",
+            "|---|---|---|",
+            *(f"| {k} | {_fmt(ms)} | {100 * share:.1f}% |" for k, ms, share in p["categories"]),
+            "",
+            "| top kernel | ms / step | launches / step |",
+            "|---|---|---|",
+            *(f"| `{name[:90]}` | {_fmt(ms)} | {_fmt(n)} |" for name, ms, n in p["top"]),
+            "",
+        ]
+        if p.get("forward"):
+            lines += [
+                "| forward, by model part | ms / step |",
+                "|---|---|",
+                *(f"| {part} | {_fmt(ms)} |" for part, ms in p["forward"]),
+                "",
+            ]
+    return lines
+
+
+def checkpointing_table(rows: list[dict]) -> list[str]:
+    """Issue 20: activation checkpointing of the video encoder, measured once."""
+    runs = [r for r in rows if r.get("level") == "train-checkpointing"]
+    if not runs:
+        return []
+    lines = [
+        "| case | step | ms / step | samples/s | peak GiB | largest batch that fits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: r["provider"]):
+        lines.append(
+            f"| {r['case']} | {r['provider']} | {_fmt(r['median_ms'])} | "
+            f"{_fmt(r.get('samples_per_s'))} | {_fmt(r.get('peak_gib'))} | "
+            f"{r.get('largest_batch', '-')} |"
+        )
     return lines
 
 
@@ -401,7 +461,16 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
     if checks := loss_targets(rows):
         lines += ["## Targets (issue 3)", "", *checks, ""]
     if table := train_table(rows):
-        lines += ["## Stage-1 training step (forward + backward)", "", *table, ""]
+        lines += [
+            "## Training step (forward, backward, clip, fused AdamW; eager and compiled)",
+            "",
+            *table,
+            "",
+        ]
+    if table := profile_section(rows):
+        lines += ["## Step profile (torch.profiler)", "", *table]
+    if table := checkpointing_table(rows):
+        lines += ["## Activation checkpointing of the video encoder", "", *table, ""]
     if table := loop_table(rows):
         lines += ["## The training loop (loader + engine, `lfvila pretrain`)", "", *table, ""]
     if table := decode_table(rows):

@@ -302,6 +302,9 @@ class TrainConfig:
     process."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """'auto': cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    compile: bool | None = None
+    """Regional torch.compile of each video block and text layer (lfvila/training/compile.py).
+    null: on with CUDA, off on the CPU."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """'auto': bf16 autocast on GPUs that have it, fp32 on the CPU; fp16 uses dynamic loss
     scaling (DeepSpeed's, or torch.amp.GradScaler) with SPEC §11.1's settings."""

@@ -229,6 +229,15 @@ def pretrain(
         from .training.kernel_check import run_kernel_self_check
 
         run_kernel_self_check(engine.module, cfg, engine, world)  # before any step
+        from .training import compile as regional
+
+        if regional.compile_enabled(cfg.train.compile, world.device):
+            counts = regional.compile_blocks(engine.module)
+            logger.info(
+                "torch.compile: %d video blocks and %d text layers (regional; each compiles at "
+                "its first call; train.compile=false turns it off)",
+                counts["video"], counts["text"],
+            )  # fmt: skip
         from .model.flops import flops_per_sample, peak_tflops
 
         peak = None

@@ -24,7 +24,9 @@ def test_gpu_check_smoke_mode_writes_a_report(tmp_path):
         assert f"| {provider} |" in text
     assert "## The attention op" in text and "## Whole module" in text
     assert "## Contrastive losses" in text and "| N=300, d=32 | triton |" in text
-    assert "## Stage-1 training step" in text and "fused step >= 1.3x" in text
+    assert "## Training step" in text and "fused step >= 1.3x" in text
+    assert "## Step profile (torch.profiler)" in text and "| matmul |" in text
+    assert "## Activation checkpointing of the video encoder" in text
     assert "copy bandwidth" in text
     assert list(tmp_path.glob("gpu_tests_cpu-smoke_*.log"))
 
@@ -76,3 +78,17 @@ def test_bisect_reports_wrong_and_racy_kernels(monkeypatch):
 
     monkeypatch.setattr(triton_impl, "bwd", racy)
     assert bisect.run_case(case, "baseline", 2, "cpu", log).endswith(" ND")
+
+
+def test_gpu_check_train_smoke_mode(tmp_path):
+    """--train: only the training-step benchmarks (issue 20) and their report."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--train", "--out",
+         str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = next(tmp_path.glob("gpu_check_cpu-smoke_*.md")).read_text()
+    assert "## Training step" in report and "## Step profile" in report
+    assert "## The attention op" not in report  # nothing else ran

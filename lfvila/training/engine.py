@@ -84,11 +84,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclasses.dataclass
 class StepResult:
-    applied: bool
-    """False when the update was skipped (non-finite gradient, or a loss-scale overflow)."""
-    grad_norm: float | None
-    overflow: bool = False
-    """fp16 loss-scale overflow (a normal event of dynamic loss scaling, not an error)."""
+    """What an optimiser step did, as 0-dim tensors on the device (reading them is a host sync:
+    the loop reads them once per `log_every`)."""
+
+    applied: torch.Tensor
+    """bool: False when the update was skipped (a non-finite loss or gradient, or an overflow)."""
+    nonfinite: torch.Tensor
+    """bool: skipped for a non-finite loss or gradient (an error when it goes on too long)."""
+    overflow: torch.Tensor
+    """bool: an fp16 loss-scale overflow (a normal event of dynamic loss scaling, not an error)."""
+    grad_norm: torch.Tensor
+    """float: the gradient norm before clipping (non-finite when skipped for it)."""
 
 
 def move(batch: dict, device: torch.device, dtype: torch.dtype | None = None) -> dict:
@@ -105,6 +111,9 @@ def move(batch: dict, device: torch.device, dtype: torch.dtype | None = None) ->
 
 class TorchEngine:
     """One process or DDP (torchrun): torch.autocast, GradScaler for fp16, clip_grad_norm_."""
+
+    checks_loss_on_host = False
+    """Non-finite losses are decided on the device (`step(lr, bad_loss)`): no sync per step."""
 
     def __init__(self, module: nn.Module, optimizer, cfg: TrainConfig, world: World, ddp: bool):
         self.name = "ddp" if ddp else "single"
@@ -156,26 +165,55 @@ class TorchEngine:
         """A step with a non-finite micro-batch: no update; drop the accumulated gradients."""
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, lr: float) -> StepResult:
+    def step(self, lr: float, bad_loss: torch.Tensor | None = None) -> StepResult:
+        """Clip, then update unless the step is bad, and zero the gradients.
+
+        `bad_loss`: 0-dim bool on the device, true when a micro-batch's loss was non-finite.
+        Without a host round trip: the flag is combined with a non-finite gradient norm on the
+        device, all-reduced over the ranks (MAX) so that every rank takes the same decision, and
+        handed to the fused optimiser as `found_inf`, which skips the update (and its step count)
+        inside its kernel, as GradScaler does. An optimiser without that support (not fused)
+        makes the decision on the host instead: one read per step.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        grads = [p.grad for p in self.params if p.grad is not None]
         if self.scaler is not None:
+            if bad_loss is not None and grads:
+                # a non-finite loss must skip the step even if its gradient came out finite:
+                # poison the gradients, so that GradScaler (which sees only them) skips it
+                nan = torch.tensor(math.nan, device=bad_loss.device)
+                torch._foreach_mul_(grads, torch.where(bad_loss, nan, 1.0))
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True).detach().float()
+        if bad_loss is None:
+            bad_loss = torch.zeros((), dtype=torch.bool, device=norm.device)
+        flags = torch.stack([bad_loss.to(norm.device), ~torch.isfinite(norm)]).float()
+        if self.world.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # enqueued on the stream: no host wait
+        bad_loss, skip = flags[0] > 0, flags.amax() > 0
+        bad = skip.float()  # 0-dim, as the fused kernel takes it
         if self.scaler is not None:
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)  # skips the update on inf/NaN gradients
+            # fp16: GradScaler skips the update on inf/NaN gradients and lowers the scale
+            # (sync-free with a fused optimiser); a non-finite loss is counted as non-finite
+            self.scaler.step(self.optimizer)
             self.scaler.update()
-            overflow = self.scaler.get_scale() < scale
-            result = StepResult(not overflow, norm if not overflow else None, overflow)
-        elif math.isfinite(norm):
-            self.optimizer.step()
-            result = StepResult(True, norm)
-        else:  # bf16/fp32: a non-finite gradient is skipped, never applied
-            result = StepResult(False, None)
+            overflow, nonfinite = skip & ~bad_loss, bad_loss
+        else:
+            overflow, nonfinite = torch.zeros_like(skip), skip
+            if getattr(self.optimizer, "_step_supports_amp_scaling", False):
+                self.optimizer.found_inf = bad  # the fused kernel skips the whole update
+                try:
+                    self.optimizer.step()
+                finally:
+                    del self.optimizer.found_inf
+            elif not bool(skip):  # a non-fused optimiser: decided on the host
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return result
+        return StepResult(~skip, nonfinite, overflow, norm)
 
     def loss_scale(self) -> float | None:
         return self.scaler.get_scale() if self.scaler is not None else None
@@ -260,6 +298,9 @@ class DeepSpeedEngine:
     itself and checkpoints with its own layout (`<step dir>/deepspeed/`)."""
 
     TAG = "deepspeed"
+    checks_loss_on_host = True
+    """DeepSpeed cannot drop gradients it has reduced: the loop reads each loss's finiteness on
+    the host and skips the backward of a poisoned micro-batch (one sync per micro-batch)."""
 
     def __init__(self, module: nn.Module, optimizer, cfg: TrainConfig, world: World):
         import deepspeed
@@ -308,14 +349,20 @@ class DeepSpeedEngine:
         if self.cfg.grad_accum > 1:
             self.model.step()
 
-    def step(self, lr: float) -> StepResult:
+    def step(self, lr: float, bad_loss: torch.Tensor | None = None) -> StepResult:
+        """DeepSpeed's own step (its overflow check and clipping). `bad_loss` is decided by the
+        loop on the host for DeepSpeed (`checks_loss_on_host`): a poisoned step never gets here
+        at grad_accum 1. Reads DeepSpeed's verdict on the host: one sync per step."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.step()
         applied = bool(self.model.was_step_applied())
         norm = self.model.get_global_grad_norm()
-        norm = float(norm) if norm is not None else None
-        return StepResult(applied, norm if applied else None, overflow=not applied)
+        norm = float(norm) if norm is not None else math.nan
+        return StepResult(
+            torch.tensor(applied), torch.tensor(False), torch.tensor(not applied),
+            torch.tensor(norm if applied else math.nan),
+        )  # fmt: skip
 
     def loss_scale(self) -> float | None:
         scale = getattr(self.ds_optimizer, "cur_scale", None)

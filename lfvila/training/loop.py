@@ -163,8 +163,67 @@ class RunSettings:
 
 
 def _finite(world: World, loss: torch.Tensor) -> bool:
-    """All ranks agree (a rank that skipped backward alone would hang DDP's all-reduce)."""
+    """All ranks agree (a rank that skipped backward alone would hang DDP's all-reduce). A host
+    read: only for engines that decide on the host (`checks_loss_on_host`, DeepSpeed)."""
     return not world.any(not bool(torch.isfinite(loss.detach()).all()))
+
+
+class StepTally:
+    """What the steps between two log lines did, kept on the device: loss terms, gradient norm,
+    skipped steps and the run of non-finite steps. `flush()` reads it all in one host sync (once
+    per `log_every`, at checkpoints and at the end) into the TrainerState and a log record.
+
+    The streak is exact: `max_streak` is the longest run of non-finite steps since the last
+    flush, so the stop rule (more than train.max_nonfinite in a row) sees a run that ended before
+    the flush too."""
+
+    def __init__(self, state: TrainerState, device: torch.device):
+        self.state, self.device = state, device
+        self.terms: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norm, self.nonfinite, self.overflow = zero.clone(), zero.clone(), zero.clone()
+        self.streak = torch.full((), float(state.nonfinite_streak), dtype=torch.float64,
+                                 device=device)  # fmt: skip
+        self.max_streak = self.streak.clone()
+
+    def add_terms(self, out: LossOutput, grad_accum: int) -> None:
+        for key, value in {"loss": out.loss, **out.terms}.items():
+            value = value.detach().to(self.device, torch.float64) / grad_accum
+            self.terms[key] = self.terms[key] + value if key in self.terms else value
+
+    def add_step(self, nonfinite: torch.Tensor, overflow: torch.Tensor, applied, grad_norm) -> None:
+        self.steps += 1
+        nonfinite = nonfinite.to(self.device, torch.float64)
+        self.nonfinite += nonfinite
+        self.overflow += overflow.to(self.device, torch.float64)
+        self.streak = (self.streak + 1) * nonfinite  # an applied or overflowed step ends the run
+        self.max_streak = torch.maximum(self.max_streak, self.streak)
+        norm = grad_norm.to(self.device, torch.float64)
+        self.grad_norm += torch.where(applied.to(self.device), norm, torch.zeros_like(norm))
+
+    def flush(self) -> dict[str, float]:
+        """One host read of everything; updates the state's counters; returns the averages."""
+        names = sorted(self.terms)
+        packed = torch.stack(
+            [*(self.terms[n] for n in names), self.grad_norm, self.nonfinite, self.overflow,
+             self.streak, self.max_streak]
+        ).cpu()  # fmt: skip
+        values = packed.tolist()
+        *terms, grad_norm, nonfinite, overflow, streak, max_streak = values
+        steps = max(self.steps, 1)
+        record = {n: v / steps for n, v in zip(names, terms)}
+        if self.steps:
+            record["grad_norm"] = grad_norm / steps
+        self.state.nonfinite_total += int(nonfinite)
+        self.state.overflow_total += int(overflow)
+        self.state.nonfinite_streak = int(streak)
+        self.last_nonfinite, self.last_max_streak = int(nonfinite), int(max_streak)
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.terms, self.steps = {}, 0
+        self.grad_norm, self.nonfinite, self.overflow = zero.clone(), zero.clone(), zero.clone()
+        self.max_streak = self.streak.clone()
+        return record
 
 
 def train(
@@ -190,9 +249,9 @@ def train(
     world, s = ctx.world, settings
     log = RunLog(s.run_dir, world.is_main, s.total_steps, state.step)
     meter = Throughput(s.flops_per_sample, s.peak_flops)
-    window: dict[str, float] = {}
-    window_steps = 0
+    tally = StepTally(state, world.device)
     last_eval = last_ckpt = -1
+    host_checks = getattr(engine, "checks_loss_on_host", True)
 
     def run_eval(step: int) -> None:
         nonlocal last_eval
@@ -225,10 +284,44 @@ def train(
 
     def save() -> Path:
         nonlocal last_ckpt
+        flush_and_log(force=False)  # the state's counters current before they are saved
         path = checkpoints.save(engine, state, ctx.mtc_generator, s.config_text)
         last_ckpt = state.step
         log.say(f"checkpoint: {path}")
         return path
+
+    def flush_and_log(force: bool) -> None:
+        """Read the tally (the one host sync of a logging step); write the record when `force`
+        or when this is a logging step; stop on too many non-finite steps in a row."""
+        if not tally.steps:
+            return
+        lr = s.schedule(state.step - 1)
+        averages = tally.flush()
+        if tally.last_nonfinite:
+            logger.warning(
+                "non-finite loss or gradient: %d step(s) skipped up to step %d (%d in a row now)",
+                tally.last_nonfinite, state.step, state.nonfinite_streak,
+            )  # fmt: skip
+        if force:
+            record = {"step": state.step, "epoch": state.epoch, "lr": lr, **averages}
+            record.update(meter.summary(world.world_size))
+            record["nonfinite_skipped"] = state.nonfinite_total
+            if engine.loss_scale() is not None:
+                record["loss_scale"] = engine.loss_scale()
+            if world.device.type == "cuda":
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log.write(record, "train")
+            log.progress(state.step, _postfix(record))
+            if log.bar is None:
+                log.say(_line(record, s.total_steps))
+            meter.reset()
+        if tally.last_max_streak > s.max_nonfinite:
+            path = checkpoints.save(engine, state, ctx.mtc_generator, s.config_text)
+            raise TrainingError(
+                f"{tally.last_max_streak} steps in a row had a non-finite loss or gradient "
+                f"(train.max_nonfinite={s.max_nonfinite}) by step {state.step}; checkpoint "
+                f"{path}. Lower train.lr, clip gradients (train.clip_grad) or use bf16/fp32."
+            )
 
     engine.module.train()
     if s.eval_before and state.step == 0 and evaluations:
@@ -242,7 +335,9 @@ def train(
                 batches = iter(loader)
                 per_epoch = s.steps_per_epoch * s.grad_accum
                 while state.batch_in_epoch < per_epoch and state.step < s.total_steps:
-                    poisoned, outputs, samples, wait = False, [], 0, 0.0
+                    # No host read of a device value in here (issue 20): the non-finite check
+                    # is decided on the device, the loss terms accumulate there
+                    poisoned, bad_loss, samples, wait = False, None, 0, 0.0
                     for micro in range(s.grad_accum):
                         t0 = time.perf_counter()
                         try:
@@ -257,76 +352,38 @@ def train(
                         with engine.no_sync(last):
                             with engine.autocast():
                                 out = task.loss(engine.model, batch, ctx)
-                            if poisoned or not _finite(world, out.loss):
-                                poisoned = True
-                                engine.skip_micro_batch()
+                            if host_checks:  # DeepSpeed: decided on the host, as it must
+                                if poisoned or not _finite(world, out.loss):
+                                    poisoned = True
+                                    engine.skip_micro_batch()
+                                else:
+                                    engine.backward(out.backward)
                             else:
+                                bad = ~torch.isfinite(out.loss.detach()).all()
+                                bad_loss = bad if bad_loss is None else bad_loss | bad
                                 engine.backward(out.backward)
-                        outputs.append(out)
+                        tally.add_terms(out, s.grad_accum)
                         samples += len(batch["index"]) * world.world_size
                         state.batch_in_epoch += 1
                     lr = s.schedule(state.step)
                     if poisoned:
                         engine.skip_step()
-                        state.nonfinite_streak += 1
-                        state.nonfinite_total += 1
-                        logger.warning(
-                            "step %d: non-finite loss, step skipped (%d in a row)",
-                            state.step + 1,
-                            state.nonfinite_streak,
-                        )
+                        one = torch.ones((), dtype=torch.bool)
+                        tally.add_step(one, ~one, ~one, torch.tensor(math.nan))
                     else:
-                        result = engine.step(lr)
-                        if result.applied:
-                            state.nonfinite_streak = 0
-                        elif result.overflow:
-                            state.overflow_total += 1
-                        else:
-                            state.nonfinite_streak += 1
-                            state.nonfinite_total += 1
-                            logger.warning(
-                                "step %d: non-finite gradient, step skipped", state.step + 1
-                            )
-                        if result.grad_norm is not None:
-                            window["grad_norm"] = window.get("grad_norm", 0.0) + result.grad_norm
+                        result = engine.step(lr, bad_loss)
+                        tally.add_step(
+                            result.nonfinite, result.overflow, result.applied, result.grad_norm
+                        )
                     state.step += 1
                     state.samples += samples
                     meter.add(samples, wait)
-                    for out in outputs:
-                        for key, value in {"loss": out.loss, **out.terms}.items():
-                            window[key] = (
-                                window.get(key, 0.0) + float(value.detach()) / s.grad_accum
-                            )
-                    window_steps += 1
-                    log.progress(
-                        state.step,
-                        {"loss": f"{float(outputs[-1].loss.detach()):.4f}", "lr": f"{lr:.2e}"},
-                    )
-
-                    if state.step % s.log_every == 0 or state.step == s.total_steps:
-                        record = {"step": state.step, "epoch": state.epoch, "lr": lr}
-                        record.update({k: v / window_steps for k, v in window.items()})
-                        record.update(meter.summary(world.world_size))
-                        record["nonfinite_skipped"] = state.nonfinite_total
-                        if engine.loss_scale() is not None:
-                            record["loss_scale"] = engine.loss_scale()
-                        if world.device.type == "cuda":
-                            record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                        log.write(record, "train")
-                        log.progress(state.step, _postfix(record))
-                        if log.bar is None:
-                            log.say(_line(record, s.total_steps))
-                        window, window_steps = {}, 0
-                        meter.reset()
-                    if state.nonfinite_streak > s.max_nonfinite:
-                        path = save()
-                        raise TrainingError(
-                            f"{state.nonfinite_streak} steps in a row had a non-finite loss or "
-                            f"gradient (train.max_nonfinite={s.max_nonfinite}) at step "
-                            f"{state.step}; checkpoint {path}. Lower train.lr, clip gradients "
-                            "(train.clip_grad) or use bf16/fp32."
-                        )
+                    log.progress(state.step, None)
+                    logging_step = state.step % s.log_every == 0 or state.step == s.total_steps
+                    if logging_step:
+                        flush_and_log(force=True)
                     if s.eval_every and state.step % s.eval_every == 0 and evaluations:
+                        flush_and_log(force=False)
                         run_eval(state.step)
                     if (
                         s.checkpoint_every
@@ -340,6 +397,7 @@ def train(
                 if state.batch_in_epoch >= per_epoch:
                     state.epoch += 1
                     state.batch_in_epoch = 0
+            flush_and_log(force=True)
         finally:
             log.close()
     if stop is not None:

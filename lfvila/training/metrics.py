@@ -118,10 +118,15 @@ class RunLog:
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
             self.tb.flush()
 
-    def progress(self, step: int, text: dict) -> None:
+    def progress(self, step: int, text: dict | None) -> None:
+        """Advance the bar to `step`; `text` (a logging step's figures) replaces its postfix,
+        None keeps the last one (no device value is read between logging steps)."""
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix(text, refresh=True)
+            if text is None:
+                self.bar.refresh()
+            else:
+                self.bar.set_postfix(text, refresh=True)
 
     def say(self, message: str) -> None:
         """A log line that does not break the bar."""

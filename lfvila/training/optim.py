@@ -77,11 +77,23 @@ def freeze_excluded(model: nn.Module, freeze_pooler: bool) -> list[str]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, freeze_pooler: bool):
-    """torch AdamW over `param_groups` (DeepSpeed takes it as is: no fused-Adam JIT build)."""
+    """torch AdamW over `param_groups`, fused (one kernel for the whole update) wherever torch
+    has the fused kernel (CUDA and the CPU). DeepSpeed takes it as is: no fused-Adam JIT build.
+
+    Fused also means the update can be skipped on the device: the engine hands it a `found_inf`
+    flag for a non-finite step, so the loop never waits for the GPU to decide (issue 20)."""
     groups = param_groups(model, cfg.weight_decay, freeze_pooler)
     for g in groups:
         g.pop("names")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        for p in params
+    )
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,9 +122,9 @@ def test_accumulation_and_schedule(tmp_path):
     engine, loader, settings, checkpoints, ctx = _setup(tmp_path, accum=2, steps=3)
     real_step = engine.step
 
-    def step(lr):
+    def step(lr, bad_loss=None):
         lrs.append(lr)
-        return real_step(lr)
+        return real_step(lr, bad_loss)
 
     engine.step = step
     task = ToyTask()
