@@ -349,15 +349,17 @@ def _export_best(cfg, engine, weights, run_dir: Path, dtype, step, results, sett
 
 
 def _failure_summary(loader, world: World) -> str:
-    from .data import FAILURE_KINDS
+    """The replaced items and the failed decodes of every rank (`replacement_summary`)."""
+    from .data import FAILURE_KINDS, replacement_summary
 
-    counts = torch.tensor([float(loader.failure_counts.get(k, 0)) for k in FAILURE_KINDS])
-    counts = world.sum(counts)
-    total = int(counts.sum())
-    if not total:
-        return "videos replaced: 0"
-    parts = ", ".join(f"{int(n)} {k}" for k, n in zip(FAILURE_KINDS, counts.tolist()) if n)
-    return f"videos replaced: {total} ({parts})"
+    local = [float(loader.replaced_counts.get(k, 0)) for k in FAILURE_KINDS]
+    local += [float(loader.failure_counts.get(k, 0)) for k in FAILURE_KINDS]
+    local.append(float(loader.replaced_known))
+    counts = world.sum(torch.tensor(local)).tolist()
+    n = len(FAILURE_KINDS)
+    replaced = dict(zip(FAILURE_KINDS, counts[:n]))
+    decodes = dict(zip(FAILURE_KINDS, counts[n : 2 * n]))
+    return replacement_summary(replaced, int(counts[-1]), decodes)
 
 
 def load_weights_any(model, path: str | Path, strict: bool = True, allow_new_heads: bool = False):

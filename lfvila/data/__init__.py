@@ -12,6 +12,7 @@ from .datasets import (
     TooManyBadVideos,
     build_dataset,
     build_loader,
+    replacement_summary,
 )
 from .sampling import clip_frame_indices, clip_window_start, video_frame_indices
 from .video import VideoDecodeError, can_use_dali, probe, read_frames
@@ -27,6 +28,7 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "read_jsonl",
+    "replacement_summary",
     "CropBox",
     "VideoDecodeError",
     "augment_eval",

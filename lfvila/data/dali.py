@@ -335,9 +335,10 @@ class _Planner(Dataset):
             ]
         except VideoDecodeError as exc:  # gone since its probe: decoded (or replaced) by PyAV
             logger.warning("%s; item %d decoded on the host", exc, served)
-            failures = item["decode_failures"]
+            failures, replaced = item["decode_failures"], item["replaced"]
             item = self.dataset.with_replacement(served, decode=True, epoch=epoch, backend="pyav")
             item["decode_failures"] = item["decode_failures"] + failures
+            item["replaced"] = replaced if replaced.any() else item["replaced"]  # one request
             return (epoch, served), item, None
         return (epoch, served), item, clips
 
@@ -538,6 +539,8 @@ class DaliLoader:
             logger.warning("%s; item %d, decoding it with PyAV", error, index)
             item = self.dataset.with_replacement(index, decode=True, epoch=epoch, backend="pyav")
             item["decode_failures"] = item["decode_failures"] + out["decode_failures"][k]
+            if out["replaced"][k].any():  # the planned item was a replacement already
+                item["replaced"] = out["replaced"][k]
             for key in out:
                 out[key][k] = item[key]
             video[k].copy_(item["video"])

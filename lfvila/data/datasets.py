@@ -123,6 +123,20 @@ class ClipExclusions:
         return i < len(self.hashes) and self.hashes[i] == h
 
 
+# Tags of the random streams an item draws from (stable integers, see `seeded_stream`).
+ITEM_STREAM, REPLACEMENT_STREAM = 0, 1
+
+
+def seeded_stream(*values: int | None) -> random.Random:
+    """A random stream seeded from stable integers: the same in every process, Python version and
+    PYTHONHASHSEED (never Python's `hash`, which salts strings per process and, before 3.12,
+    hashes None by its address). None counts as -1; each value enters numpy's SeedSequence as
+    a 64-bit word."""
+    words = [(-1 if v is None else int(v)) % 2**64 for v in values]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint64)
+    return random.Random((int(state[0]) << 64) | int(state[1]))
+
+
 def _id_hash(clip_id: str) -> int:
     import hashlib
 
@@ -166,6 +180,9 @@ class VideoTextDataset(Dataset):
         )
         self.seed, self.epoch = seed, 0
         self.failure_counts: collections.Counter = collections.Counter()
+        """Decodes that failed in this process, by FAILURE_KINDS (candidates included)."""
+        self.replaced_counts: collections.Counter = collections.Counter()
+        """Items this process served by a replacement, by the kind of their own failure."""
         self._unreadable = bytearray(len(self.records))
         """Per item, 0 or 1 + the FAILURE_KINDS index of its video's failure in this process
         (8.5 MB for LF-VILA-8M): such items are replaced (and counted) without a decode."""
@@ -187,7 +204,7 @@ class VideoTextDataset(Dataset):
 
     def _rng(self, index: int, attempt: int, epoch: int | None) -> random.Random:
         epoch = self.epoch if epoch is None else epoch
-        return random.Random(hash((self.seed, epoch, index, attempt)))
+        return seeded_stream(self.seed, epoch, index, attempt, ITEM_STREAM)
 
     def num_frames(self, path: str) -> int:
         """The clip's frame count: its container header's, else its packets (`probe`; exact:
@@ -283,10 +300,15 @@ class VideoTextDataset(Dataset):
         epoch: int | None = None,
         backend: str | None = None,
     ) -> dict:
-        """`item(index)`, or in training a replacement when its video cannot be decoded: the
-        event is logged with the path and reason and counted, in `failure_counts` (this
-        process) and in the item's `decode_failures` (counts per FAILURE_KINDS, which travel
-        out of DataLoader workers with the batch; `Loader` sums them).
+        """`item(index)`, or in training a replacement when its video cannot be decoded.
+
+        Two counts travel with each item out of DataLoader workers (`Loader` sums them):
+        `decode_failures`, the decodes that failed while serving it, per FAILURE_KINDS (its own
+        video's and any bad replacement candidate's), each logged as one "unreadable video"
+        warning; and `replaced`, one-hot by the kind of the item's own failure when it was served
+        by a replacement (zeros otherwise), its last slot 1 when that failure was already known
+        to this process (replaced without a new decode or log line). An item excluded by
+        data.exclude is replaced without a decode: counted in `replaced` as 'excluded' only.
 
         Replacements are the candidates of a stream seeded by (seed, epoch, index), tried in
         order; candidate k is decoded with the random choices of attempt k. Items this process
@@ -297,17 +319,18 @@ class VideoTextDataset(Dataset):
         min(MIN_ATTEMPTS_FOR_LIMIT, len(dataset)) requests) had an unreadable video,
         TooManyBadVideos stops the run with the counts."""
         failures = torch.zeros(len(FAILURE_KINDS), dtype=torch.long)
+        replaced = torch.zeros(len(FAILURE_KINDS) + 1, dtype=torch.long)
         epoch = self.epoch if epoch is None else epoch
-        candidates = random.Random(hash((self.seed, epoch, index, "replacements")))
+        candidates = seeded_stream(self.seed, epoch, index, 0, REPLACEMENT_STREAM)
         item = index
         for k in range(MAX_REPLACEMENTS + 1):
             if k > 0:
                 item = candidates.randrange(len(self))
             if self.train and not self.opt.strict and self.known_unreadable(item):
-                if k == 0:  # counted as a replacement of its kind again, without a decode
+                if k == 0:  # replaced again, without a decode (or a new log line)
                     kind = FAILURE_KINDS[self._unreadable[item] - 1]
-                    self.failure_counts[kind] += 1
-                    failures[FAILURE_KINDS.index(kind)] += 1
+                    self.replaced_counts[kind] += 1
+                    replaced[FAILURE_KINDS.index(kind)], replaced[-1] = 1, 1
                     self._count_request(replaced=True)
                 continue
             try:
@@ -316,18 +339,26 @@ class VideoTextDataset(Dataset):
                 if self.opt.strict or not self.train:
                     raise
                 kind = failure_kind(exc.reason)
-                self.failure_counts[kind] += 1
-                failures[FAILURE_KINDS.index(kind)] += 1
                 self._unreadable[item] = FAILURE_KINDS.index(kind) + 1
-                logger.warning(
-                    "unreadable video %s (%s); item %d replaced", exc.path, exc.reason, item
-                )
+                excluded = kind == "excluded"  # never opened: not a failed decode
+                if not excluded:
+                    self.failure_counts[kind] += 1
+                    failures[FAILURE_KINDS.index(kind)] += 1
+                what = "excluded clip %s (%s)" if excluded else "unreadable video %s (%s)"
+                log = logger.info if excluded else logger.warning
                 if k == 0:
+                    self.replaced_counts[kind] += 1
+                    replaced[FAILURE_KINDS.index(kind)] = 1
+                    log(what + ": item %d replaced", exc.path, exc.reason, item)
                     self._count_request(replaced=True)
+                else:
+                    log(what + ": replacement candidate %d for item %d passed over", exc.path,
+                        exc.reason, item, index)  # fmt: skip
                 continue
             if k == 0:
                 self._count_request(replaced=False)
             out["decode_failures"] = failures
+            out["replaced"] = replaced
             return out
         raise TooManyBadVideos(
             f"item {index} and its {MAX_REPLACEMENTS} replacement candidates are all unreadable "
@@ -630,6 +661,11 @@ class Loader:
         self.batches, self.sampler, self.progress = batches, sampler, progress
         self.batch_size, self.dataset_length = batch_size, dataset_length
         self.failure_counts: collections.Counter = collections.Counter()
+        """Failed decodes, by kind (each one an "unreadable video" warning)."""
+        self.replaced_counts: collections.Counter = collections.Counter()
+        """Items served by a replacement, by the kind of their own video's failure."""
+        self.replaced_known = 0
+        """Of those, items whose failure was already known (replaced without a new decode)."""
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -652,19 +688,42 @@ class Loader:
                     for kind, n in zip(FAILURE_KINDS, counts.sum(0).tolist()):
                         if n:
                             self.failure_counts[kind] += n
+                replaced = batch.pop("replaced", None)
+                if replaced is not None:
+                    *kinds, known = replaced.sum(0).tolist()
+                    for kind, n in zip(FAILURE_KINDS, kinds):
+                        if n:
+                            self.replaced_counts[kind] += n
+                    self.replaced_known += known
                 bar.update(1)
                 yield batch
         finally:
             bar.close()
 
     def summary(self) -> str:
-        """One line for the run's summary, e.g. 'videos replaced: 3 (2 corrupt or truncated,
-        1 file not found)'."""
-        total = sum(self.failure_counts.values())
-        if not total:
-            return "videos replaced: 0"
-        parts = ", ".join(f"{n} {kind}" for kind, n in self.failure_counts.most_common())
-        return f"videos replaced: {total} ({parts})"
+        """One line for the run's summary (`replacement_summary` of this process's counts)."""
+        return replacement_summary(self.replaced_counts, self.replaced_known, self.failure_counts)
+
+
+def replacement_summary(replaced: dict, known: int, decodes: dict) -> str:
+    """'videos replaced: 5 items (3 empty file, 2 cannot open; 2 of them already known
+    unreadable, replaced without a new decode); unreadable decodes: 4 (2 empty file, 2 cannot
+    open)': items served by a replacement, by their own video's kind, and every failed decode
+    (one "unreadable video" warning each, replacement candidates included)."""
+    total = int(sum(replaced.values()))
+    if not total:
+        return "videos replaced: 0"
+
+    def kinds(counts):
+        return ", ".join(f"{int(n)} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])
+                         if n)  # fmt: skip
+
+    text = f"videos replaced: {total} item{'s' if total != 1 else ''} ({kinds(replaced)}"
+    if known:
+        text += f"; {int(known)} of them already known unreadable, replaced without a new decode"
+    failed = int(sum(decodes.values()))
+    text += f"); unreadable decodes: {failed}"
+    return text + (f" ({kinds(decodes)})" if failed else "")
 
 
 def build_loader(

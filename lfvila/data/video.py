@@ -172,11 +172,67 @@ def _open(path: str | os.PathLike, keep: bool = False):
     try:
         container = av.open(source)
     except Exception as exc:  # av.error.* and OSError: unreadable container
+        truncated = truncated_mp4(path, st.st_size)
+        if truncated is not None:
+            raise VideoDecodeError(path, f"corrupt or truncated: {truncated}") from exc
         raise VideoDecodeError(path, f"cannot open ({type(exc).__name__}: {exc})") from exc
     if not container.streams.video:
         container.close()
-        raise VideoDecodeError(path, "no video stream")
+        truncated = truncated_mp4(path, st.st_size)  # a cut-off mp4 can open without streams
+        raise VideoDecodeError(
+            path, "no video stream" if truncated is None else f"corrupt or truncated: {truncated}"
+        )
     return container
+
+
+def truncated_mp4(path: str | os.PathLike, size: int) -> str | None:
+    """Why an MP4/MOV that will not open is a cut-off file, or None when it is not one.
+
+    Writers that put the index (the `moov` atom) after the media data leave a file that ends
+    inside `mdat`, with no index, when the copy or download stops early; FFmpeg then reports
+    "Invalid data found", which says nothing. The top-level atoms tell: an `mdat` whose declared
+    size runs past the end of the file, and no `moov` before it."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[4:8] != b"ftyp":
+                return None
+            offset, seen = 0, set()
+            while offset + 8 <= size:
+                f.seek(offset)
+                raw = f.read(16)
+                if len(raw) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", raw[:8])
+                if length == 1 and len(raw) == 16:
+                    length = struct.unpack(">Q", raw[8:16])[0]  # 64-bit atom size
+                elif length == 0:
+                    length = size - offset  # to the end of the file
+                if length < 8:
+                    return None  # not an atom layout we know: say nothing
+                seen.add(kind)
+                if offset + length > size:
+                    if kind == b"mdat" and b"moov" not in seen:
+                        return (
+                            f"the file ends inside its media data ({size} of "
+                            f"{offset + length} bytes) and its index (moov atom) is missing: "
+                            "an interrupted copy or download"
+                        )
+                    name = (
+                        "index (moov atom)"
+                        if kind == b"moov"
+                        else f"'{kind.decode(errors='replace')}' atom"
+                    )
+                    return (
+                        f"the file ends inside its {name} ({size} of {offset + length} bytes): "
+                        "an interrupted copy or download"
+                    )
+                offset += length
+    except OSError:
+        return None
+    return None
 
 
 def _header_frame_count(stream, file_size: int) -> int:
