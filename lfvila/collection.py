@@ -174,14 +174,17 @@ def _metadata(encoder, kind: str) -> dict:
     }
 
 
-def read_texts(path: str | os.PathLike) -> list[tuple[str, str | list[str]]]:
+def read_texts(
+    path: str | os.PathLike, option: str = "--texts"
+) -> list[tuple[str, str | list[str]]]:
     """[(id, paragraph)] of a .jsonl file ({id or clip_id, text: str or [sentences]}) or a text
-    file (one paragraph a line, split into sentences; id = the line number)."""
+    file (one paragraph a line, split into sentences; id = the line number). `option`: the
+    command-line option that named the file, for the error messages."""
     from .encode import split_sentences
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--texts: {path} not found")
+        raise FileNotFoundError(f"{option}: {path} not found")
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -192,12 +195,14 @@ def read_texts(path: str | os.PathLike) -> list[tuple[str, str | list[str]]]:
                 vid = str(record.get("id", record.get("clip_id", n)))
                 text = record["text"]
             except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                raise ValueError(f"{path}:{n}: expected {{id, text}} JSON ({exc})") from None
+                raise ValueError(
+                    f"{path}:{n}: expected {{id or clip_id, text}} JSON ({exc})"
+                ) from None
             out.append((vid, text))
         else:
             out.append((str(n), split_sentences(line)))
     if not out:
-        raise ValueError(f"--texts: {path} holds no paragraphs")
+        raise ValueError(f"{option}: {path} holds no paragraphs")
     return out
 
 

@@ -385,6 +385,12 @@ class EvalConfig:
     'evaluation/name' (e.g. 't2v_R@1', 'retrieval/t2v_MdR'; ranks are better lower, everything
     else higher); 'auto': the task's (retrieval t2v_R@1, QA acc, classification top1; none for
     pre-training); 'none': no best export."""
+    on_bad_video: Literal["error", "skip"] = "error"
+    """An evaluation item whose video cannot be read. 'error': before any model work every
+    evaluation item's videos are opened and probed, and unreadable ones stop the run with one
+    line per file and its reason (exit 2). 'skip': those items are left out and counted as
+    misses: at the worst rank in retrieval, wrong in QA and classification (metrics are never
+    inflated); metrics.json lists them ('skipped_items')."""
 
     def __post_init__(self):
         if self.batch_size < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -32,7 +33,14 @@ def _encode_videos(args) -> int:
     _check_weights(args)
     items = list_videos(args.videos, args.video_root)
     encoder = _encoder(args)
-    result = encode_collection(encoder, items, args.out, args.chunk_size)
+    # one line per unreadable video, with its id, printed here: the encoder's own warning (for
+    # library users) would name each a second time, without the id
+    quiet = logging.getLogger("lfvila.encode")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        result = encode_collection(encoder, items, args.out, args.chunk_size)
+    finally:
+        quiet.setLevel(level)
     for f in result["failed"]:
         print(f"skipped {f['id']}: {f['path']}: {f['reason']}", file=sys.stderr)
     n = len(items) - len(result["failed"])
@@ -60,6 +68,12 @@ def _search(args) -> int:
         args.weights = index.metadata.get("weights") or None
         if args.weights is None:
             raise ValueError(f"{args.index}: records no weights; pass --weights")
+    if index.kind == "text" and not (args.text_to_text and not args.eval):
+        raise ValueError(
+            f"{args.index} holds paragraph features (`lfvila encode text`), not videos: search "
+            "finds videos in an index of `lfvila encode videos`"
+            + ("" if args.eval else "; pass --text-to-text to rank its paragraphs instead")
+        )
     encoder = _encoder(args)
     model = index.metadata.get("model")
     if model and encoder.fingerprint != model:
@@ -100,7 +114,7 @@ def _search_eval(args, index, encoder) -> int:
     from .collection import read_texts
     from .search import evaluate_index
 
-    records = read_texts(args.eval)
+    records = read_texts(args.eval, "--eval")
     rows = {vid: i for i, vid in enumerate(index.ids)}
     records = [(_index_id(vid, rows), text) for vid, text in records]
     present = [(vid, text) for vid, text in records if vid in rows]
@@ -178,7 +192,8 @@ def add_parsers(sub) -> None:
     q.add_argument(
         "--texts",
         required=True,
-        help=".jsonl of {id, text} (text: a string or a list of sentences) or a .txt file, one "
+        help=".jsonl of {id or clip_id, text} (text: a string or a list of sentences) or a .txt "
+        "file, one "
         "paragraph a line (sentences end at . ! ? ;), id = line number",
     )
     q.set_defaults(func=_encode_text)
@@ -192,9 +207,14 @@ def add_parsers(sub) -> None:
         help="a paragraph (sentences end at . ! ? ; or a new line); repeat for more queries",
     )
     what.add_argument(
-        "--eval", help="retrieval annotations .jsonl ({clip_id, text}): the index's R@K, MdR, MnR"
+        "--eval",
+        help="retrieval annotations .jsonl ({clip_id or id, text}): the index's R@K, MdR, MnR",
     )
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument(
+        "--text-to-text", action="store_true",
+        help="allow an index of paragraphs (`lfvila encode text`): rank them against the query",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--weights", help="the model for the queries (default: the index's)")
     p.add_argument(

@@ -297,7 +297,10 @@ def pretrain(
             weights = engine.export_state_dict(latest)
             if world.is_main:
                 _export(cfg, engine, weights, run_dir, export_dtype)
-                write_text_atomic(run_dir / "metrics.json", json.dumps(final, indent=1) + "\n")
+                write_text_atomic(
+                    run_dir / "metrics.json",
+                    json.dumps(_with_skipped(final, evaluations), indent=1) + "\n",
+                )
                 logger.info(
                     "done: %d steps in %.0f s (%d samples); %d non-finite steps skipped%s; %s; "
                     "weights %s",
@@ -314,6 +317,15 @@ def pretrain(
         return RunResult(run_dir, state, stopped, final, history, time.time() - start)
     finally:
         world.shutdown()
+
+
+def _with_skipped(results: dict, evaluations: list) -> dict:
+    """metrics.json: the results, and under 'skipped_items' the evaluation items left out or
+    served as zeros for unreadable videos (eval.on_bad_video=skip) and how they were counted."""
+    from .tasks.eval_data import skipped_report
+
+    report = skipped_report(evaluations)
+    return {**results, "skipped_items": report} if report else results
 
 
 def _export(cfg, engine, weights: dict, run_dir: Path, dtype: str) -> None:
@@ -436,7 +448,8 @@ def evaluate_weights(cfg: Config, weights: str | Path, run_dir: str | Path) -> d
         if world.is_main:
             for name, metrics in results.items():
                 logger.info("%s: %s", name, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            write_text_atomic(run_dir / "metrics.json", json.dumps(results, indent=1) + "\n")
+            out = _with_skipped(results, evaluations)
+            write_text_atomic(run_dir / "metrics.json", json.dumps(out, indent=1) + "\n")
         return results
     finally:
         world.shutdown()

@@ -257,6 +257,8 @@ def test_bad_videos_are_reported_and_skipped(runs, tmp_path, capsys):
     assert kinds["missing"] == "file not found" and kinds["empty"] == "empty file"
     assert kinds["corrupt"] in ("cannot open", "corrupt or truncated", "no video stream")
     assert "skipped missing" in captured.err
+    for name in ("nope.mp4", "empty.mp4", "corrupt.mp4"):  # each bad file named once
+        assert captured.err.count(name) == 1, captured.err
     with pytest.raises(VideoDecodeError, match="nope.mp4"):
         Encoder.from_pretrained(run, device="cpu").encode_videos([f"{tmp_path}/nope.mp4"])
 
@@ -318,11 +320,36 @@ def test_encode_text_and_search_text_output(runs, tmp_path, capsys):
     )
     assert torch.equal(index.features(), want)
     capsys.readouterr()
-    assert (
-        main(["search", "--index", str(out), "--query", "a green triangle shrinks", "-k", "2"]) == 0
-    )
+    query = ["search", "--index", str(out), "--query", "a green triangle shrinks", "-k", "2"]
+    assert main(query) == 2  # a paragraph index: search finds videos, so it says so
+    err = capsys.readouterr().err
+    assert "holds paragraph features" in err and "--text-to-text" in err
+    assert main([*query, "--text-to-text"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "query: a green triangle shrinks" and lines[2].split()[::2] == ["1", "2"]
+
+
+def test_search_eval_names_its_option_and_format(runs, tmp_path, capsys):
+    _, run = runs["pretrain"]
+    texts = tmp_path / "p.txt"
+    texts.write_text("a red circle moves up\n")
+    out = tmp_path / "text.safetensors"
+    main(["encode", "text", "--weights", str(run), "--texts", str(texts), "--out", str(out)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"clip": "x", "words": "y"}\n')
+    from lfvila.collection import read_texts
+
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: expected \{id or clip_id, text\} JSON"):
+        read_texts(bad, "--eval")
+    with pytest.raises(FileNotFoundError, match="--eval: "):
+        read_texts(tmp_path / "nope.jsonl", "--eval")
+    from lfvila.cli import build_parser
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
+    assert "{clip_id or id, text}" in help_text
+    # --eval measures video retrieval: a paragraph index is refused, whatever the flags
+    assert main(["search", "--index", str(out), "--eval", str(bad), "--text-to-text"]) == 2
+    assert "holds paragraph features" in capsys.readouterr().err
 
 
 def test_split_sentences():

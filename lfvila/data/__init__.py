@@ -5,6 +5,7 @@ from .annotations import AnnotationError, read_jsonl
 from .augment import CropBox, augment_eval, augment_train, random_resized_crop_box
 from .datasets import (
     FAILURE_KINDS,
+    BadEvaluationVideos,
     DataOptions,
     ExactDistributedSampler,
     GlobalBatchSampler,
@@ -19,6 +20,7 @@ from .video import VideoDecodeError, can_use_dali, probe, read_frames
 
 __all__ = [
     "AnnotationError",
+    "BadEvaluationVideos",
     "DataOptions",
     "ExactDistributedSampler",
     "FAILURE_KINDS",

@@ -83,6 +83,10 @@ class DataOptions:
     exclude: ClipExclusions | None = None
     """Clip / video ids never opened: treated as unreadable (replaced in training, counted as
     'excluded'), e.g. the bad-id list of `lfvila prepare check`."""
+    eval_on_bad_video: str = "error"
+    """Evaluation items only: 'error' raises on an unreadable video; 'skip' serves the item
+    with a zero video and `skipped` True (its metrics count it as a miss). Every evaluation item
+    then carries `skipped`."""
     max_bad_fraction: float = 0.5
     """Training stops with `TooManyBadVideos` when more than this share of the items a process
     served had an unreadable video (judged after MIN_ATTEMPTS_FOR_LIMIT items, or the whole
@@ -97,6 +101,11 @@ def failure_kind(reason: str) -> str:
     """The FAILURE_KINDS entry a VideoDecodeError reason belongs to (`VideoDecodeError.KINDS`
     maps the start of every reason raised in lfvila.data; "other": an unknown one)."""
     return VideoDecodeError.kind_of(reason)
+
+
+class BadEvaluationVideos(ValueError):
+    """Unreadable evaluation videos under eval.on_bad_video=error: one line per file and a hint
+    (the CLI prints it, exit 2, no traceback)."""
 
 
 class ClipExclusions:
@@ -188,6 +197,8 @@ class VideoTextDataset(Dataset):
         (8.5 MB for LF-VILA-8M): such items are replaced (and counted) without a decode."""
         self.items_requested = self.items_replaced = 0
         """Training items asked of this process, and how many had an unreadable video."""
+        self._kept: np.ndarray | None = None
+        """`keep_items`: the record of each position served (None: every record, in order)."""
         self._tokenizer = None
 
     @property
@@ -200,7 +211,16 @@ class VideoTextDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) if self._kept is None else len(self._kept)
+
+    def keep_items(self, records: Sequence[int]) -> None:
+        """Serve only these records, in this order: position i is record records[i] (its
+        `index` field says i). Evaluation leaves out items whose video cannot be read."""
+        self._kept = np.asarray(records, dtype=np.int64)
+
+    def record_of(self, position: int) -> int:
+        """The record served at `position` (itself unless `keep_items` narrowed the dataset)."""
+        return position if self._kept is None else int(self._kept[position])
 
     def _rng(self, index: int, attempt: int, epoch: int | None) -> random.Random:
         epoch = self.epoch if epoch is None else epoch
@@ -318,6 +338,9 @@ class VideoTextDataset(Dataset):
         `max_bad_fraction` of the items requested from this process (judged after
         min(MIN_ATTEMPTS_FOR_LIMIT, len(dataset)) requests) had an unreadable video,
         TooManyBadVideos stops the run with the counts."""
+        position, index = index, self.record_of(index)
+        if not self.train and self.opt.eval_on_bad_video == "skip":
+            return self._eval_item_or_skip(position, index, decode, epoch, backend)
         failures = torch.zeros(len(FAILURE_KINDS), dtype=torch.long)
         replaced = torch.zeros(len(FAILURE_KINDS) + 1, dtype=torch.long)
         epoch = self.epoch if epoch is None else epoch
@@ -359,11 +382,38 @@ class VideoTextDataset(Dataset):
                 self._count_request(replaced=False)
             out["decode_failures"] = failures
             out["replaced"] = replaced
+            if item == index:
+                out["index"] = torch.tensor(position)
             return out
         raise TooManyBadVideos(
             f"item {index} and its {MAX_REPLACEMENTS} replacement candidates are all unreadable "
             f"({self._kinds()}); check data.video_root ({self.root})"
         )
+
+    def _eval_item_or_skip(self, position, index, decode, epoch, backend) -> dict:
+        """An evaluation item under eval.on_bad_video=skip: planned (files opened and probed),
+        then decoded; a video that fails only at the decode (the probe passed) is served as
+        zeros with `skipped` True, and one warning names it. Planning failures raise: the
+        evaluation's scan leaves those items out before the run starts."""
+        out = self.item(index, 0, decode=False, epoch=epoch, backend=backend)
+        out["index"] = torch.tensor(position)
+        out["skipped"] = torch.tensor(False)
+        out["decode_failures"] = torch.zeros(len(FAILURE_KINDS), dtype=torch.long)
+        out["replaced"] = torch.zeros(len(FAILURE_KINDS) + 1, dtype=torch.long)
+        if not decode:
+            return out
+        plan = out.pop("plan")
+        try:
+            out["video"] = self.decode(plan, backend)
+        except VideoDecodeError as exc:
+            logger.warning(
+                "unreadable video %s (%s): evaluation item %d skipped (counted as a miss)",
+                exc.path, exc.reason, index,
+            )  # fmt: skip
+            frames = sum(len(idx) for _, idx in plan.files)
+            out["video"] = torch.zeros(3, frames, *self.opt.size)
+            out["skipped"] = torch.tensor(True)
+        return out
 
     def known_unreadable(self, index: int) -> bool:
         """Whether this process already failed to decode item `index`."""
@@ -666,6 +716,8 @@ class Loader:
         """Items served by a replacement, by the kind of their own video's failure."""
         self.replaced_known = 0
         """Of those, items whose failure was already known (replaced without a new decode)."""
+        self.dataset = None
+        """The dataset it serves (`build_loader` sets it)."""
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -726,6 +778,9 @@ def replacement_summary(replaced: dict, known: int, decodes: dict) -> str:
     return text + (f" ({kinds(decodes)})" if failed else "")
 
 
+_NOTICES: set[str] = set()
+
+
 def build_loader(
     dataset: VideoTextDataset,
     batch_size: int,
@@ -775,13 +830,18 @@ def build_loader(
         if not reasons:
             from .dali import DaliLoader
 
-            return Loader(
+            out = Loader(
                 DaliLoader(dataset, sampler, batch_size, drop_last=train, workers=workers),
                 sampler, progress, batch_size, len(dataset),
             )  # fmt: skip
+            out.dataset = dataset
+            return out
         if decoder == "dali":
             raise ValueError("decoder 'dali' cannot run: " + "; ".join(reasons))
-        logger.info("data: PyAV decoding (%s)", "; ".join(reasons))
+        notice = "data: PyAV decoding (" + "; ".join(reasons) + ")"
+        if notice not in _NOTICES:  # once per process, not once per loader
+            _NOTICES.add(notice)
+            logger.info(notice)
     if dataset.opt.decoder != "pyav" and workers > 0:
         raise ValueError(
             f"DataOptions.decoder={dataset.opt.decoder!r} decodes inside DataLoader worker "
@@ -799,7 +859,9 @@ def build_loader(
         worker_init_fn=_ignore_sigint if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
-    return Loader(batches, sampler, progress, batch_size, len(dataset))
+    out = Loader(batches, sampler, progress, batch_size, len(dataset))
+    out.dataset = dataset
+    return out
 
 
 def _ignore_sigint(worker_id: int) -> None:

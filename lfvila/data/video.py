@@ -179,9 +179,9 @@ def _open(path: str | os.PathLike, keep: bool = False):
     if not container.streams.video:
         container.close()
         truncated = truncated_mp4(path, st.st_size)  # a cut-off mp4 can open without streams
-        raise VideoDecodeError(
-            path, "no video stream" if truncated is None else f"corrupt or truncated: {truncated}"
-        )
+        if truncated is not None:
+            raise VideoDecodeError(path, f"corrupt or truncated: {truncated}")
+        raise VideoDecodeError(path, "no video stream")
     return container
 
 

@@ -345,8 +345,31 @@ def load_task_weights(
             k.startswith(TRANSFER.get(task, ((), ()))[1]) for k in rest.missing
         ):
             hint = "\n(the weights lack this task's heads: fine-tune them first, `lfvila finetune`)"
+        cross = _missing_cross_modal_layers(model, rest.missing)
+        if cross:
+            hint += (
+                f"\n(the {task} model's cross-modal text layers {cross} are missing: these are "
+                "stage-1 weights, which have none. Fine-tune QA from a stage-2 pre-training run "
+                "(`lfvila pretrain` with model.stage=2 and init.weights=<the stage-1 run>), or "
+                "pass such weights with --weights)"
+            )
         raise ValueError(f"weights do not match the {task} model:\n{rest}{hint}")
     return out
+
+
+def _missing_cross_modal_layers(model: nn.Module, missing: list[str]) -> str:
+    """'12-23' when `missing` holds text layers past the stage-1 ones (weights of a stage-1
+    model loaded into a cross-modal one), else ''."""
+    cfg = getattr(model, "cfg", None)
+    text = getattr(cfg, "text", None)
+    if text is None:
+        return ""
+    prefix = "text_encoder.bert.encoder.layer."
+    layers = sorted({int(k[len(prefix) :].split(".")[0]) for k in missing if k.startswith(prefix)})
+    layers = [i for i in layers if i >= text.stage1_layers]
+    if not layers:
+        return ""
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
 
 
 def initialise(

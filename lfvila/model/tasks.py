@@ -38,6 +38,8 @@ class TaskOutput:
     logits: torch.Tensor | None = None
     video_feat: torch.Tensor | None = None
     text_feat: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    """The loss's unweighted parts where it has several (How2QA: 'ce' and 'span')."""
 
 
 class LFVILAForRetrieval(DualEncoderBase):
@@ -125,7 +127,8 @@ class LFVILAForMultipleChoiceQA(_CrossModalTask):
         logits = self.text_encoder.classifier(self.dropout(pooled)).view(b, k)
         if answer is None:
             return TaskOutput(None, logits=logits)
-        loss = F.cross_entropy(logits.float(), answer)
+        ce = F.cross_entropy(logits.float(), answer)
+        loss, terms = ce, {"ce": ce.detach()}
         if self.cfg.loss.use_span_loss and span_labels is not None:
             frames = self.cfg.video.num_frames
             video_out = (
@@ -134,8 +137,10 @@ class LFVILAForMultipleChoiceQA(_CrossModalTask):
             frame_logits = (
                 self.text_encoder.span_classifier(video_out).view(b, k, frames, 2).amax(1)
             )
-            loss = loss + self.cfg.loss.span_loss_weight * span_loss(frame_logits, span_labels)
-        return TaskOutput(loss, logits=logits)
+            span = span_loss(frame_logits, span_labels)
+            loss = loss + self.cfg.loss.span_loss_weight * span
+            terms["span"] = span.detach()
+        return TaskOutput(loss, logits=logits, terms=terms)
 
 
 def span_loss(frame_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

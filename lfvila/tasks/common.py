@@ -52,6 +52,7 @@ def data_options(cfg: Config, mlm_probability: float = 0.0, **overrides) -> Data
         strict=cfg.data.strict,
         exact_frame_counts=cfg.data.exact_frame_counts,
         max_bad_fraction=cfg.data.max_bad_fraction,
+        eval_on_bad_video=cfg.eval.on_bad_video,
         exclude=_exclusions(cfg),
     )
     opts.update(overrides)

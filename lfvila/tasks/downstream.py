@@ -19,6 +19,7 @@ from ..config import Config
 from ..data.datasets import build_dataset
 from ..training.dist import World
 from ..training.loop import EvalOutput, LossOutput, StepContext
+from . import eval_data
 from .common import data_options, loader, resolve
 from .retrieval import ZeroShotRetrieval
 
@@ -63,7 +64,7 @@ class MultipleChoiceQATask:
             answer=batch["answer"],
             span_labels=batch["span_labels"],
         )
-        return LossOutput(out.loss, {}, out.loss)
+        return LossOutput(out.loss, out.terms, out.loss)  # logged: loss, ce and span
 
 
 class QAClassificationTask:
@@ -90,14 +91,21 @@ def label_ranks(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return (logits > truth).sum(1), (logits == truth).sum(1) - 1
 
 
-def topk_accuracy(better: torch.Tensor, tied: torch.Tensor, k: int) -> float:
+def topk_accuracy(
+    better: torch.Tensor, tied: torch.Tensor, k: int, miss: torch.Tensor | None = None,
+    missing: int = 0,
+) -> float:  # fmt: skip
     """Top-k accuracy in percent from `label_ranks`, ties broken uniformly at random in
     expectation (the true class is among the top k with probability clamp((k - better) /
-    (tied + 1), 0, 1)), so constant logits score chance, never 100%."""
-    if better.numel() == 0:
+    (tied + 1), 0, 1)), so constant logits score chance, never 100%. Items in `miss` (bool per
+    row) and `missing` items left out count as wrong."""
+    total = better.numel() + missing
+    if total == 0:
         return float("nan")
     hit = ((k - better.double()) / (tied.double() + 1)).clamp(0.0, 1.0)
-    return 100.0 * float(hit.mean())
+    if miss is not None:
+        hit = hit.masked_fill(miss.bool(), 0.0)
+    return 100.0 * float(hit.sum()) / total
 
 
 def _logits(model, batch: dict, task: str) -> torch.Tensor:
@@ -106,10 +114,12 @@ def _logits(model, batch: dict, task: str) -> torch.Tensor:
     return model(batch["video"], batch["text_ids"], batch["text_mask"]).logits
 
 
-class AccuracyEvaluation:
+class AccuracyEvaluation(eval_data.SkippedItems):
     """Top-k accuracy of a QA or classification model over its evaluation set: each item's
     rank of the true answer is gathered (every item once, in dataset order), then averaged.
     Metric keys: 'acc' for QA (top-1), 'top1' and 'top5' for video classification."""
+
+    counted_as = eval_data.COUNTED_AS["accuracy"]
 
     def __init__(self, loader, task: str, name: str):
         self.loader, self.task, self.name = loader, task, name
@@ -124,8 +134,14 @@ class AccuracyEvaluation:
     def metrics(self, rows: dict, sums: dict) -> dict[str, float]:
         ranks = rows["ranks"]
         better, tied = ranks[:, 0], ranks[:, 1]
-        out = {key: topk_accuracy(better, tied, k) for key, k in self.metric_ks.items()}
-        out["items"] = float(ranks.shape[0])
+        flags = rows.get("skipped")
+        self.note_late(flags)
+        missing = len(self.skipped)
+        out = {key: topk_accuracy(better, tied, k, flags, missing)
+               for key, k in self.metric_ks.items()}  # fmt: skip
+        out["items"] = float(ranks.shape[0] + missing)
+        if missing or self.late:
+            out["skipped"] = float(missing + len(self.late))
         return out
 
 
@@ -180,10 +196,12 @@ def build_finetune_data(cfg: Config, world: World, train: bool = True):
     evaluations = []
     if val_file is not None:
         dataset = build_dataset(fmt, val_file, videos, False, options, seed, **checks)
-        eval_loader = loader(cfg, dataset, world, False)
         name = HEADLINE[task][0]
+        skipped = eval_data.prepare(dataset, name, "data.val", cfg.eval.on_bad_video)
+        eval_loader = loader(cfg, dataset, world, False)
         if task == "retrieval":
-            evaluations.append(ZeroShotRetrieval(eval_loader, name))
+            evaluations.append(ZeroShotRetrieval(eval_loader, name).with_skipped(skipped))
         else:
-            evaluations.append(AccuracyEvaluation(eval_loader, task, name))
+            ev = AccuracyEvaluation(eval_loader, task, name)
+            evaluations.append(ev.with_skipped(skipped))
     return train_loader, evaluations

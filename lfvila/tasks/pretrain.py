@@ -15,6 +15,7 @@ from ..data.annotations import PretrainLMDB, read_jsonl
 from ..data.datasets import PretrainDataset, build_dataset
 from ..training.dist import World
 from ..training.loop import EvalOutput, LossOutput, StepContext
+from . import eval_data
 from .common import data_options, loader, resolve
 from .retrieval import ZeroShotRetrieval
 
@@ -55,9 +56,11 @@ def _detached(terms: dict) -> dict:
     return {k: v.detach() for k, v in terms.items()}
 
 
-class PretrainValidation:
+class PretrainValidation(eval_data.SkippedItems):
     """The pre-training losses on `data.val` (each batch on its rank alone, weighted by its
     items); stage 2 also MLM accuracy over masked tokens and VTM accuracy, in percent."""
+
+    counted_as = eval_data.COUNTED_AS["losses"]
 
     def __init__(self, loader, stage: int, name: str = "pretrain_val"):
         self.loader, self.stage, self.name = loader, stage, name
@@ -86,6 +89,9 @@ class PretrainValidation:
             out["vtm_acc"] = 100.0 * sums["vtm_correct"] / n
         if "mlm_counted" in sums:
             out["mlm_acc"] = 100.0 * sums["mlm_correct"] / max(sums["mlm_counted"], 1.0)
+        self.note_late(rows.get("skipped"))
+        if self.skipped or self.late:
+            out["skipped"] = float(len(self.skipped) + len(self.late))
         return out
 
 
@@ -122,12 +128,17 @@ def build_pretrain_data(cfg: Config, world: World, train: bool = True):
         dataset = PretrainDataset(paths["train"], clips, True, options, seed)
         train_loader = loader(cfg, dataset, world, True)
     evaluations = []
+    mode = cfg.eval.on_bad_video
     if retrieval is not None:
         ds = build_dataset("retrieval", retrieval, videos, False, data_options(cfg), seed)
-        evaluations.append(ZeroShotRetrieval(loader(cfg, ds, world, False), "retrieval"))
+        skipped = eval_data.prepare(ds, "retrieval", "data.val_retrieval", mode)
+        ev = ZeroShotRetrieval(loader(cfg, ds, world, False), "retrieval")
+        evaluations.append(ev.with_skipped(skipped))
     if "val" in paths:
         ds = PretrainDataset(paths["val"], clips, False, options, seed)
-        evaluations.append(PretrainValidation(loader(cfg, ds, world, False), cfg.model.stage))
+        skipped = eval_data.prepare(ds, "pretrain_val", "data.val", mode)
+        ev = PretrainValidation(loader(cfg, ds, world, False), cfg.model.stage)
+        evaluations.append(ev.with_skipped(skipped))
     return train_loader, evaluations
 
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from ..data import BadEvaluationVideos, VideoDecodeError
 from .checkpoint import CheckpointManager, TrainerState
 from .dist import World
 from .metrics import RunLog, Throughput
@@ -111,15 +112,24 @@ def evaluate(engine, evaluations: list, ctx: StepContext) -> dict[str, dict[str,
     try:
         for ev in evaluations:
             rows, index, sums = {}, [], {}
-            for batch in ev.loader:
-                batch = engine.prepare(batch)
-                with engine.autocast():
-                    out = ev.step(model, batch, ctx)
-                index.append(batch["index"].cpu())
-                for key, value in out.rows.items():
-                    rows.setdefault(key, []).append(value.float().cpu())
-                for key, value in out.sums.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().double().cpu()
+            try:
+                for batch in ev.loader:
+                    batch = engine.prepare(batch)
+                    with engine.autocast():
+                        out = ev.step(model, batch, ctx)
+                    index.append(batch["index"].cpu())
+                    for key, value in out.rows.items():
+                        rows.setdefault(key, []).append(value.float().cpu())
+                    if "skipped" in batch:  # eval.on_bad_video=skip: items served as zeros
+                        rows.setdefault("skipped", []).append(batch["skipped"].float().cpu())
+                    for key, value in out.sums.items():
+                        sums[key] = sums.get(key, 0.0) + value.detach().double().cpu()
+            except VideoDecodeError as exc:  # eval.on_bad_video=error: one line, no traceback
+                raise BadEvaluationVideos(
+                    f"evaluation {ev.name}: unreadable video {exc.path} ({exc.reason}). Replace "
+                    "or remove its item, or set eval.on_bad_video=skip to evaluate the rest (it "
+                    "then counts as a miss)."
+                ) from None
             length = ev.loader.dataset_length
             idx = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
             gathered = {}
@@ -432,7 +442,9 @@ def _postfix(record: dict) -> dict:
 
 def _line(record: dict, total: int) -> str:
     terms = " ".join(
-        f"{k} {record[k]:.4f}" for k in ("loss", "vpc", "mtc", "mlm", "vtm") if k in record
+        f"{k} {record[k]:.4f}"
+        for k in ("loss", "vpc", "mtc", "mlm", "vtm", "ce", "span")
+        if k in record
     )
     text = (
         f"step {record['step']}/{total} epoch {record['epoch']} {terms} lr {record['lr']:.3g} "

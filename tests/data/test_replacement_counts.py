@@ -14,6 +14,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from lfvila.data import DataOptions, build_dataset, build_loader, read_frames
 from lfvila.data.datasets import ClipExclusions, failure_kind
@@ -72,6 +73,9 @@ def test_counts_add_up_with_one_bad_file_of_each_kind(spoiled, demo_data, caplog
     listed = ", ".join(f"{n} {k}" for k, n in kinds)
     assert summary.endswith(f"unreadable decodes: {failed} ({listed})")
     assert "3 excluded" in summary.split(";")[0]  # once per epoch, never decoded
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("excluded clip") for m in messages)
+    assert not any(m.startswith("unreadable video") and "data.exclude" in m for m in messages)
 
 
 def test_a_truncated_mp4_is_reported_as_truncated(spoiled):
@@ -82,3 +86,20 @@ def test_a_truncated_mp4_is_reported_as_truncated(spoiled):
         read_frames(path, [0], "pyav")
     assert "corrupt or truncated: the file ends inside its media data" in str(info.value)
     assert "index (moov atom) is missing" in str(info.value) and "<none>" not in str(info.value)
+
+
+def test_the_pyav_notice_is_said_once_per_process(demo_data, caplog):
+    """`data: PyAV decoding (...)` was printed 2-3 times per run (a loader each)."""
+    from lfvila.data import datasets
+
+    datasets._NOTICES.clear()
+    ds = build_dataset("retrieval", demo_data["retrieval_val"], demo_data["video_root"], False,
+                       DataOptions(**SMALL))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="lfvila.data.datasets"):
+        for _ in range(3):
+            build_loader(ds, batch_size=2, train=False, workers=0, decoder="auto")
+    notices = [r for r in caplog.records if r.getMessage().startswith("data: PyAV decoding")]
+    if torch.cuda.is_available():  # DALI may run there: no notice at all
+        assert len(notices) <= 1
+    else:
+        assert len(notices) == 1 and "no CUDA device" in notices[0].getMessage()

@@ -46,3 +46,15 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     result = lfvila("demo", "--output-dir", tmp_path, check=False)
     assert result.returncode == 2 and "is not a demo run" in result.stderr
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_demo_takes_an_existing_empty_folder(tmp_path):
+    """`mkdir out && lfvila demo --output-dir out` just works (issue 21)."""
+    from lfvila.demo import MARKER, _fresh_run_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _fresh_run_dir(out)
+    assert (out / MARKER).is_file()
+    _fresh_run_dir(out)  # and its own output is replaced on a rerun
+    assert [p.name for p in out.iterdir()] == [MARKER]

@@ -95,6 +95,11 @@ def test_every_task_config_finetunes_and_evaluates(name, weights, tiny_data, tmp
     assert 0.0 <= final[evaluation][metric] <= 100.0
     history = [x for x in _jsonl(run / "metrics.jsonl") if x.get("eval") == evaluation]
     assert [x["step"] for x in history] == [0, 1, 2]
+    if cfg.model.task == "multichoice_qa":  # the loss's parts are logged, not just the total
+        train = [x for x in _jsonl(run / "metrics.jsonl") if "eval" not in x]
+        assert {"loss", "ce", "span"} <= set(train[0])
+        weight = cfg.model.loss.span_loss_weight
+        assert train[0]["loss"] == pytest.approx(train[0]["ce"] + weight * train[0]["span"])
     best = json.loads((run / "best" / "metrics.json").read_text())
     values = [x[metric] for x in history]
     assert best["metric"] == f"{evaluation}/{metric}" and best["value"] == max(values)
@@ -167,6 +172,8 @@ def test_strict_loading_refuses_the_wrong_stage_and_head_less_evaluation(
     err = capsys.readouterr().err
     assert "weights do not match the qa_classification model" in err
     assert "text_encoder.bert.encoder.layer.3" in err
+    assert "cross-modal text layers 3 are missing: these are stage-1 weights" in err
+    assert "model.stage=2" in err
     # evaluating pre-training weights would score a random head: refused, with the way out
     assert (
         main(["evaluate", *args, "--weights", str(runs[2]), "--output-dir", str(tmp_path / "b")])
@@ -195,3 +202,106 @@ def test_distributed_evaluation_counts_every_item_once(weights, tiny_data, tmp_p
     both = json.loads((out / "metrics.json").read_text())["classification"]
     assert both["items"] == 6
     assert both == pytest.approx(single, abs=1e-6)
+
+
+def _eval_videos(name, overlay, root, n=2):
+    """The video files of the first `n` evaluation items of task config `name` under `root`."""
+    from lfvila.tasks import build_task
+    from lfvila.training.dist import World
+    from lfvila.training.metrics import setup_logging
+
+    setup_logging(None, True)  # handlers on this test's stderr, not an earlier test's (closed)
+    cfg = load_config([ROOT / "configs" / f"{name}.yaml", overlay], [f"data.root={root}"])
+    _, _, evaluations = build_task(cfg, World(), train=False)
+    dataset = evaluations[0].loader.dataset
+    return [dataset.item(i, decode=False)["plan"].files[0][0] for i in range(n)]
+
+
+@pytest.fixture
+def spoiled_eval(tiny_data, tmp_path):
+    """A copy of the demo data whose first two evaluation videos of a task are empty / gone."""
+    import shutil
+
+    def spoil(name, overlay):
+        root = tmp_path / f"data_{name}"
+        shutil.copytree(tiny_data, root)
+        empty, gone = (__import__("pathlib").Path(p) for p in _eval_videos(name, overlay, root))
+        empty.write_bytes(b"")
+        gone.unlink()
+        return root, empty, gone
+
+    return spoil
+
+
+EVAL_TASKS = {"actnet_ret": ("retrieval", "t2v_R@1", 1), "violin_qa": ("qa", "acc", 2)}
+
+
+@pytest.mark.parametrize("name", list(EVAL_TASKS))
+def test_unreadable_evaluation_videos_stop_before_any_model_work(
+    name, weights, spoiled_eval, tmp_path, capsys
+):
+    runs, overlay = weights
+    root, empty, gone = spoiled_eval(name, overlay)
+    stage = EVAL_TASKS[name][2]
+    args = [*_configs(name, overlay), f"data.root={root}", "--weights", str(runs[stage])]
+    out = tmp_path / "run"
+    assert main(["finetune", *args, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unreadable video file(s), 2 of 6 items" in err
+    assert f"  {empty}: empty file (" in err and f"  {gone}: file not found (" in err
+    assert "eval.on_bad_video=skip" in err
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", list(EVAL_TASKS))
+def test_unreadable_evaluation_videos_skipped_count_as_misses(
+    name, weights, spoiled_eval, tmp_path
+):
+    runs, overlay = weights
+    root, empty, gone = spoiled_eval(name, overlay)
+    evaluation, metric, stage = EVAL_TASKS[name]
+    run = tmp_path / "run"
+    args = [*_configs(name, overlay), f"data.root={root}", "eval.on_bad_video=skip"]
+    assert main(["finetune", *args, "--weights", str(runs[stage]), "--output-dir", str(run)]) == 0
+    final = json.loads((run / "metrics.json").read_text())
+    assert final[evaluation]["items"] == 6 and final[evaluation]["skipped"] == 2
+    assert final[evaluation][metric] <= 100.0 * 4 / 6 + 1e-9  # two sure misses of six
+    report = final["skipped_items"][evaluation]
+    assert {i["video"] for i in report["items"]} == {str(empty), str(gone)}
+    assert {i["reason"] for i in report["items"]} == {"empty file", "file not found"}
+    assert report["counted_as"]
+    if evaluation == "retrieval":
+        assert final[evaluation]["t2v_MdR"] <= 6 and final[evaluation]["t2v_MnR"] >= 2 * 6 / 6
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_a_video_failing_only_at_its_decode(
+    mode, weights, tiny_data, tmp_path, monkeypatch, capsys
+):
+    """Opens and probes fine, fails when decoded (the scan cannot see it): 'error' stops the
+    evaluation with one line; 'skip' serves it as zeros, counted as a miss."""
+    from lfvila.data import VideoDecodeError, datasets
+
+    runs, overlay = weights
+    bad = _eval_videos("actnet_ret", overlay, tiny_data, n=1)[0]
+    real = datasets.read_frames
+
+    def failing(path, indices, backend):
+        if str(path) == str(bad):
+            raise VideoDecodeError(path, "corrupt or truncated: planted decode failure")
+        return real(path, indices, backend)
+
+    monkeypatch.setattr(datasets, "read_frames", failing)
+    args = [*_configs("actnet_ret", overlay), f"data.root={tiny_data}", "--weights", str(runs[1]),
+            f"eval.on_bad_video={mode}", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    code = main(["evaluate", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if mode == "error":
+        assert code == 2 and f"evaluation retrieval: unreadable video {bad}" in err
+        return
+    assert code == 0
+    final = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert final["retrieval"]["skipped"] == 1 and final["retrieval"]["items"] == 6
+    (item,) = final["skipped_items"]["retrieval"]["items"]
+    assert item["item"] == 0 and "failed at its decode" in item["reason"]
