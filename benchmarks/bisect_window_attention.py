@@ -113,6 +113,8 @@ SMOKE_CASES = ("tiny-packed-shift:fp32", "tiny-multi-tile-shift:fp32", "tiny-pac
 
 @contextlib.contextmanager
 def _patched(obj, name, value):
+    """obj.name = value inside (this script runs standalone: benchmarks/ is not a package
+    on its path, so launch_count's twin is not importable here)."""
     old = getattr(obj, name)
     setattr(obj, name, value)
     try:

@@ -383,6 +383,16 @@ def _unit_rows(shape, dtype, device, gen):
     return torch.nn.functional.normalize(x, dim=-1).to(dtype=dtype, device=device)
 
 
+def _loss_pairs(run, dtype: torch.dtype, grad_names: tuple[str, str]) -> dict:
+    """{name: (fused, truth, pt, rule)} of a loss check: `run(dtype, fused) -> (loss, grad,
+    grad)`, truth in fp32 (fp64 for fp32 inputs), pt and the fused run in the call's dtype."""
+    truth_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+    truth, pt, out = run(truth_dtype, False), run(None, False), run(None, True)
+    names = (("loss", OUTPUT), (grad_names[0], GRADIENT), (grad_names[1], GRADIENT))
+    return {n: (o.reshape(-1), t.reshape(-1), q.reshape(-1), rule)
+            for (n, rule), o, t, q in zip(names, out, truth, pt)}  # fmt: skip
+
+
 def _check_contrastive(call: FusedCall, seed: int) -> dict:
     from .contrastive import contrastive_loss, contrastive_loss_ref
 
@@ -399,11 +409,7 @@ def _check_contrastive(call: FusedCall, seed: int) -> dict:
             loss = contrastive_loss_ref(xa, xb, temperature)
         return (loss, *torch.autograd.grad(loss, [xa, xb]))
 
-    truth_dtype = torch.float64 if call.dtype == torch.float32 else torch.float32
-    truth, pt, out = run(truth_dtype, False), run(None, False), run(None, True)
-    names = (("loss", OUTPUT), ("da", GRADIENT), ("db", GRADIENT))
-    return {n: (o.reshape(-1), t.reshape(-1), q.reshape(-1), rule)
-            for (n, rule), o, t, q in zip(names, out, truth, pt)}  # fmt: skip
+    return _loss_pairs(run, call.dtype, ("da", "db"))
 
 
 def _check_mtc(call: FusedCall, seed: int) -> dict:
@@ -428,11 +434,7 @@ def _check_mtc(call: FusedCall, seed: int) -> dict:
             loss = mtc_loss_ref(xc, xs, p["temperature"], indices, p["num_other_neg"])
         return (loss, *torch.autograd.grad(loss, [xc, xs]))
 
-    truth_dtype = torch.float64 if call.dtype == torch.float32 else torch.float32
-    truth, pt, out = run(truth_dtype, False), run(None, False), run(None, True)
-    names = (("loss", OUTPUT), ("dclip", GRADIENT), ("dsent", GRADIENT))
-    return {n: (o.reshape(-1), t.reshape(-1), q.reshape(-1), rule)
-            for (n, rule), o, t, q in zip(names, out, truth, pt)}  # fmt: skip
+    return _loss_pairs(run, call.dtype, ("dclip", "dsent"))
 
 
 _CHECKS = {
