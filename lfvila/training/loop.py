@@ -190,7 +190,8 @@ class StepTally:
     def __init__(self, state: TrainerState, device: torch.device):
         self.state, self.device = state, device
         self.terms: dict[str, torch.Tensor] = {}
-        self.steps = 0
+        self.steps = 0  # in the log window
+        self.unread = 0  # since the counts were last read
         zero = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm, self.nonfinite, self.overflow = zero.clone(), zero.clone(), zero.clone()
         self.streak = torch.full((), float(state.nonfinite_streak), dtype=torch.float64,
@@ -204,6 +205,7 @@ class StepTally:
 
     def add_step(self, nonfinite: torch.Tensor, overflow: torch.Tensor, applied, grad_norm) -> None:
         self.steps += 1
+        self.unread += 1
         nonfinite = nonfinite.to(self.device, torch.float64)
         self.nonfinite += nonfinite
         self.overflow += overflow.to(self.device, torch.float64)
@@ -212,27 +214,34 @@ class StepTally:
         norm = grad_norm.to(self.device, torch.float64)
         self.grad_norm += torch.where(applied.to(self.device), norm, torch.zeros_like(norm))
 
-    def flush(self) -> dict[str, float]:
-        """One host read of everything; updates the state's counters; returns the averages."""
+    def flush(self, terms: bool = True) -> dict[str, float]:
+        """One host read. The non-finite and overflow counts always go into the state (and
+        `last_nonfinite`, `last_max_streak`); with `terms`, also the window's averages, returned,
+        and the window restarts. Without (a checkpoint or the end between logging steps), the
+        loss terms stay for the next log line."""
         names = sorted(self.terms)
         packed = torch.stack(
             [*(self.terms[n] for n in names), self.grad_norm, self.nonfinite, self.overflow,
              self.streak, self.max_streak]
         ).cpu()  # fmt: skip
-        values = packed.tolist()
-        *terms, grad_norm, nonfinite, overflow, streak, max_streak = values
-        steps = max(self.steps, 1)
-        record = {n: v / steps for n, v in zip(names, terms)}
-        if self.steps:
-            record["grad_norm"] = grad_norm / steps
+        *values, grad_norm, nonfinite, overflow, streak, max_streak = packed.tolist()
         self.state.nonfinite_total += int(nonfinite)
         self.state.overflow_total += int(overflow)
         self.state.nonfinite_streak = int(streak)
         self.last_nonfinite, self.last_max_streak = int(nonfinite), int(max_streak)
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.terms, self.steps = {}, 0
-        self.grad_norm, self.nonfinite, self.overflow = zero.clone(), zero.clone(), zero.clone()
+        self.unread = 0
+        self.nonfinite, self.overflow = (
+            torch.zeros_like(self.nonfinite),
+            torch.zeros_like(self.overflow),
+        )
         self.max_streak = self.streak.clone()
+        if not terms:
+            return {}
+        steps = max(self.steps, 1)
+        record = {n: v / steps for n, v in zip(names, values)}
+        if self.steps:
+            record["grad_norm"] = grad_norm / steps
+        self.terms, self.steps, self.grad_norm = {}, 0, torch.zeros_like(self.grad_norm)
         return record
 
 
@@ -294,36 +303,36 @@ def train(
 
     def save() -> Path:
         nonlocal last_ckpt
-        flush_and_log(force=False)  # the state's counters current before they are saved
+        flush_and_log(record=False)  # the state's counters current before they are saved
         path = checkpoints.save(engine, state, ctx.mtc_generator, s.config_text)
         last_ckpt = state.step
         log.say(f"checkpoint: {path}")
         return path
 
-    def flush_and_log(force: bool) -> None:
-        """Read the tally (the one host sync of a logging step); write the record when `force`
-        or when this is a logging step; stop on too many non-finite steps in a row."""
-        if not tally.steps:
+    def flush_and_log(record: bool) -> None:
+        """Read the tally (the one host sync of a logging step); with `record`, write the log
+        record of the window; stop on too many non-finite steps in a row."""
+        if not (tally.steps if record else tally.unread):
             return
         lr = s.schedule(state.step - 1)
-        averages = tally.flush()
+        averages = tally.flush(terms=record)
         if tally.last_nonfinite:
             logger.warning(
                 "non-finite loss or gradient: %d step(s) skipped up to step %d (%d in a row now)",
                 tally.last_nonfinite, state.step, state.nonfinite_streak,
             )  # fmt: skip
-        if force:
-            record = {"step": state.step, "epoch": state.epoch, "lr": lr, **averages}
-            record.update(meter.summary(world.world_size))
-            record["nonfinite_skipped"] = state.nonfinite_total
+        if record:
+            line = {"step": state.step, "epoch": state.epoch, "lr": lr, **averages}
+            line.update(meter.summary(world.world_size))
+            line["nonfinite_skipped"] = state.nonfinite_total
             if engine.loss_scale() is not None:
-                record["loss_scale"] = engine.loss_scale()
+                line["loss_scale"] = engine.loss_scale()
             if world.device.type == "cuda":
-                record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            log.write(record, "train")
-            log.progress(state.step, _postfix(record))
+                line["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log.write(line, "train")
+            log.progress(state.step, _postfix(line))
             if log.bar is None:
-                log.say(_line(record, s.total_steps))
+                log.say(_line(line, s.total_steps))
             meter.reset()
         if tally.last_max_streak > s.max_nonfinite:
             path = checkpoints.save(engine, state, ctx.mtc_generator, s.config_text)
@@ -391,9 +400,8 @@ def train(
                     log.progress(state.step, None)
                     logging_step = state.step % s.log_every == 0 or state.step == s.total_steps
                     if logging_step:
-                        flush_and_log(force=True)
+                        flush_and_log(record=True)
                     if s.eval_every and state.step % s.eval_every == 0 and evaluations:
-                        flush_and_log(force=False)
                         run_eval(state.step)
                     if (
                         s.checkpoint_every
@@ -407,7 +415,7 @@ def train(
                 if state.batch_in_epoch >= per_epoch:
                     state.epoch += 1
                     state.batch_in_epoch = 0
-            flush_and_log(force=True)
+            flush_and_log(record=False)  # a stop between logging steps: counts, no record
         finally:
             log.close()
     if stop is not None:

@@ -157,3 +157,25 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(engine.module.weight, straight.module.weight)
     assert torch.equal(engine.module.bias, straight.module.bias)
     assert not math.isnan(float(engine.module.weight.detach().sum()))
+
+
+def test_log_record_averages_its_whole_window_across_a_checkpoint(tmp_path):
+    """A checkpoint between logging steps reads the counts (the state must be current) but the
+    next log line still averages every step of its window."""
+    engine, loader, settings, checkpoints, ctx = _setup(tmp_path, steps=6)
+    settings.log_every, settings.checkpoint_every = 3, 2
+    losses = []
+
+    class Recording(ToyTask):
+        def loss(self, model, batch, ctx):
+            out = super().loss(model, batch, ctx)
+            losses.append(float(out.loss.detach()))
+            return out
+
+    train(engine, Recording(), loader, [], settings, checkpoints, TrainerState(), ctx, lambda: ctx)
+    import json
+
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [3, 6]
+    assert lines[0]["loss"] == pytest.approx(sum(losses[:3]) / 3)
+    assert lines[1]["loss"] == pytest.approx(sum(losses[3:]) / 3)
