@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -36,12 +35,10 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from .testing import error_report, no_tf32
+from .testing import GRADIENT, OUTPUT, error_check, no_tf32
 
 logger = logging.getLogger("lfvila.kernels")
 
-OUTPUT = dict(ratio=2.0, floor=1e-5)
-GRADIENT = dict(ratio=3.0, floor=1e-4)
 MODES = ("error", "fallback")
 ENV = "LFVILA_KERNEL_SELF_CHECK"
 
@@ -297,23 +294,14 @@ def check_call(call: FusedCall, modules: list[str] | None = None, seed: int = 0)
         _in_check = previous
     failures, worst = [], 0.0
     for name, (out, truth, pt, rule) in pairs.items():
-        ok, msg = error_report(out, truth, pt, **rule)
-        worst = max(worst, _ratio(out, truth, pt, rule))
+        ok, msg, margin = error_check(out, truth, pt, **rule)
+        worst = max(worst, margin)
         if not ok:
             failures.append(f"{name}: {msg}")
     return CheckResult(
         call, list(modules or []), not failures, "\n    ".join(failures), worst,
         time.perf_counter() - start,
     )  # fmt: skip
-
-
-def _ratio(out, truth, pt, rule) -> float:
-    err = (out.double() - truth.double()).abs().max().item() if out.numel() else 0.0
-    bound = rule["ratio"] * (pt.double() - truth.double()).abs().max().item()
-    bound += rule["floor"] * truth.double().abs().max().item()
-    if not math.isfinite(err):
-        return math.inf
-    return err / bound if bound else (0.0 if err == 0 else math.inf)
 
 
 def _leaf(x: torch.Tensor | None, dtype=None) -> torch.Tensor | None:

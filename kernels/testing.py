@@ -23,6 +23,15 @@ def error_report(
     out: torch.Tensor, truth: torch.Tensor, pt: torch.Tensor, ratio: float, floor: float
 ):
     """(ok, message) for the error-ratio rule; the message explains a failure in full."""
+    ok, msg, _ = error_check(out, truth, pt, ratio, floor)
+    return ok, msg
+
+
+def error_check(
+    out: torch.Tensor, truth: torch.Tensor, pt: torch.Tensor, ratio: float, floor: float
+) -> tuple[bool, str, float]:
+    """(ok, message, margin) for the error-ratio rule: `margin` is max|out - truth| as a multiple
+    of the bound (<= 1 passes; inf where `out` holds NaN or inf)."""
     out64, truth64, pt64 = out.double(), truth.double(), pt.double()
     err_out = (out64 - truth64).abs()
     err_pt = (pt64 - truth64).abs()
@@ -31,9 +40,14 @@ def error_report(
     nan_out = int(torch.isnan(out64).sum())
     inf_out = int(torch.isinf(out64).sum())
     worst = err_out.max().item() if err_out.numel() else 0.0
-    ok = nan_out == 0 and inf_out == 0 and worst <= bound
+    finite = nan_out == 0 and inf_out == 0
+    ok = finite and worst <= bound
+    if not finite:
+        margin = math.inf
+    else:
+        margin = worst / bound if bound else (0.0 if worst == 0 else math.inf)
     if ok:
-        return True, ""
+        return True, "", margin
     flat = torch.nan_to_num(err_out, nan=math.inf).flatten()
     idx = int(flat.argmax()) if flat.numel() else 0
     where = (
@@ -54,7 +68,7 @@ def error_report(
         f"out {out64.flatten()[idx].item():.6g}, truth {truth64.flatten()[idx].item():.6g}; "
         f"{over:.2%} of elements over the bound; NaN {nan_out}, inf {inf_out}"
     )
-    return False, msg
+    return False, msg, margin
 
 
 def assert_error_ratio(

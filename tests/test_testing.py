@@ -12,6 +12,7 @@ from lfvila.kernels.testing import (
     assert_close_verbose,
     assert_error_ratio,
     assert_grads_error_ratio,
+    error_check,
     guarded,
     no_tf32,
     window_attention_inputs,
@@ -46,6 +47,20 @@ def test_error_ratio_fails_on_nan_and_shape():
         assert_error_ratio(out, truth, pt)
     with pytest.raises(AssertionError, match="shapes differ"):
         assert_error_ratio(truth[:2], truth, pt)
+
+
+def test_error_check_margin_is_the_error_over_the_bound():
+    truth, pt = _three()
+    bound = 2.0 * (pt - truth).abs().max().item() + 1e-5 * truth.abs().max().item()
+    out = truth.clone()
+    out[1, 2] += 0.5 * bound
+    ok, msg, margin = error_check(out, truth, pt, ratio=2.0, floor=1e-5)
+    assert ok and msg == "" and margin == pytest.approx(0.5, rel=1e-6)
+    out[1, 2] = truth[1, 2] + 3 * bound
+    ok, msg, margin = error_check(out, truth, pt, ratio=2.0, floor=1e-5)
+    assert not ok and "over the bound" in msg and margin == pytest.approx(3.0, rel=1e-6)
+    out[0, 0] = math.nan
+    assert error_check(out, truth, pt, ratio=2.0, floor=1e-5)[2] == math.inf
 
 
 def test_grads_error_ratio_reports_each_failing_gradient():

@@ -33,9 +33,9 @@ class SkippedItems:
     """What an evaluation left out (found by the scan) or served as zeros (failed at its decode),
     for its metrics and for metrics.json."""
 
-    skipped: list = []
+    skipped: list = ()  # an immutable default; `with_skipped` sets the instance's list
     """[{item, where, video, reason}] left out before the run."""
-    late: list = []
+    late: list = ()
     """Positions served flagged `skipped` at the last evaluation (failed at the decode)."""
     counted_as = ""
 
