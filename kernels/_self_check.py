@@ -5,21 +5,32 @@ A kernel that passes every test on one machine can still be wrong on another GPU
 Triton version (issue 18: shifted windows with a bias table were wrong on an H200 and right
 everywhere else). So the fused ops check themselves on the user's machine:
 
+- The first-call check, **on by default on CUDA**: the first time a call signature is made, its
+  fused forward and backward run on random inputs of that signature against the reference by the
+  error-ratio rule (STYLE.md §5: truth = the reference in fp32, fp64 for fp32 inputs; the kernel
+  may err at most 2x (outputs) or 3x (gradients) what the reference errs in the input dtype).
+  The signature is everything that selects a compiled kernel: the full shape **with the batch**
+  (loop trip counts and Triton's specialisation of integers equal to 1 follow it), the strides,
+  the dtypes, the op's settings (window attention: window, shift, bias kind and dtype, pad
+  vectors, packed qkv). On a mismatch ("fallback", the default) one warning names the signature
+  and the error and that signature runs on the reference for the rest of the process; "error"
+  raises `KernelMismatchError` instead. `LFVILA_KERNEL_SELF_CHECK=off` turns it off (benchmarks),
+  `=fallback|error` turns it on on every device (the CPU's interpreter too),
+  `set_first_call_check(...)` does the same from Python.
+- Under torch.compile (while dynamo traces) and during CUDA-graph capture a check cannot run.
+  Capture: a signature already checked keeps its verdict (a fallback is captured as the
+  reference); one never checked runs the fused kernel unchecked, with one warning naming it.
+  torch.compile decides on the call's settings (op, dtype, window, shift, bias kind...), since
+  its sizes may be symbolic in a trace: if any signature of those settings fell back, the graph
+  runs the reference at every size; settings never checked run fused, with that warning.
+  Check first: one eager call, `self_check(model, ...)`, or `lfvila pretrain` / `finetune`,
+  which check every call of the model before the first step (lfvila/training/kernel_check.py).
 - `self_check(module, *example_args)` runs `module(*example_args)` once without gradients,
-  records every fused call it makes (op, shapes, dtypes, layout, window and shift, the module that
-  made it), then runs each distinct call's fused forward and backward against the reference by
-  the error-ratio rule (STYLE.md §5: truth = the reference in fp32, fp64 for fp32 inputs; the
-  kernel may err at most 2x (outputs) or 3x (gradients) what the reference errs in the input
-  dtype). `check_calls(calls)` does the same for calls recorded with `record_fused_calls()`.
-- The first-call check (`set_first_call_check("error" | "fallback")`, or the environment variable
-  `LFVILA_KERNEL_SELF_CHECK=error|fallback`) checks each distinct call the first time it is made.
-- On a mismatch, "error" raises `KernelMismatchError` naming the module, the shape and the
-  error; "fallback" makes every later call of that kind (same op, shapes but the batch, dtypes,
-  window, shift) run on the reference backend, and says so once in the log.
+  records every fused call it makes (and the module that made it), then checks each distinct
+  one. `check_calls(calls)` does the same for calls recorded with `record_fused_calls()`.
 
-`lfvila pretrain` / `finetune` run the check before their first step on a GPU (the
-`kernels.self_check*` and `kernels.on_mismatch` config keys; lfvila/training/kernel_check.py).
-A check costs one fused and two reference forward+backward passes per distinct call.
+The ops register their checks here (`register_check`), so this module imports none of them.
+A check costs one fused and two reference forward+backward passes.
 """
 
 from __future__ import annotations
@@ -49,9 +60,11 @@ class KernelMismatchError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class FusedCall:
-    """One call of a fused op, as a model makes it (everything that selects a kernel variant).
+    """One call signature of a fused op: everything that selects a compiled kernel variant.
 
     shape: window attention (B, T, H, W, heads, D); contrastive_loss (N, d); mtc_loss (B, M, d).
+    strides: of the tensor the kernels read (window attention: q, or the packed qkv); () when the
+        op copies to a fixed layout.
     params: the op's other settings as sorted (name, value) pairs (hashable).
     """
 
@@ -60,27 +73,26 @@ class FusedCall:
     dtype: torch.dtype
     device: torch.device
     params: tuple[tuple[str, object], ...]
+    strides: tuple[int, ...] = ()
 
     def param(self, name: str):
         return dict(self.params)[name]
 
-    def key(self) -> tuple:
-        """Identity for the fallback: everything but the batch (the leading dimension)."""
-        return (self.op, self.shape[1:], self.dtype, self.device.type, self.params)
-
     def with_batch(self, batch: int) -> FusedCall:
+        """The same signature at another batch (a batch stride does not depend on the batch)."""
         return dataclasses.replace(self, shape=(batch, *self.shape[1:]))
 
     def describe(self) -> str:
         """'window_attention (2, 32, 24, 40, 4, 32) bfloat16, window (2, 3, 5) shift (0, 1, 2),
         table float32, packed qkv' and the like."""
-        dtype = str(self.dtype).replace("torch.", "")
-        text = f"{self.op} {tuple(self.shape)} {dtype}"
+        dtype = _short(self.dtype)
+        text = f"{self.op} {tuple(self.shape) if self.shape else '(any shape)'} {dtype}"
         p = dict(self.params)
         if self.op != "window_attention":
             return text + ", " + ", ".join(f"{k} {_short(v)}" for k, v in self.params)
         text += f", window {p['window']} shift {p['shift']}"
-        text += f", table {_short(p['table_dtype'])}" if p["table_dtype"] else ", no table"
+        kind = p["bias"]
+        text += f", {kind} {_short(p['bias_dtype'])}" if kind != "none" else ", no bias"
         if p["pad_dtype"]:
             text += f", pad k/v {_short(p['pad_dtype'])}"
         if p["packed"]:
@@ -125,54 +137,85 @@ class CheckResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# State: recording, module labels, fallbacks, first-call mode. `active()` is the dispatchers'
-# single fast-path test.
+# State: recording, module labels, verdicts, fallbacks, the first-call setting.
 
 _recording: list[tuple[FusedCall, str]] | None = None
-_fallback: dict[tuple, str] = {}  # FusedCall.key() -> why
-_first_call_mode: str | None = None  # set from LFVILA_KERNEL_SELF_CHECK below
-_checked: set[tuple] = set()
+_fallback: dict[FusedCall, str] = {}  # signature -> why it runs on the reference
+_checked: set[FusedCall] = set()
+_results: list[CheckResult] = []  # every check of this process, in order
+_unchecked_warned: set[FusedCall] = set()
 _in_check = False
 _module_name: contextvars.ContextVar[str] = contextvars.ContextVar("lfvila_module", default="")
+_CHECKS: dict = {}  # op -> check(call, seed) -> {name: (out, truth, pt, rule)}; see register_check
+SETTINGS = ("auto", "off", *MODES)
 
 
-def _env_mode() -> str | None:
-    """LFVILA_KERNEL_SELF_CHECK, read once at import: "error", "fallback" or off."""
+def register_check(op: str, check) -> None:
+    """Register `check(call: FusedCall, seed: int) -> {name: (fused, truth, pt, rule)}` for op.
+    The op packages do this at import: the self-check never imports them (no import circle)."""
+    _CHECKS[op] = check
+
+
+def _env_setting() -> str:
+    """LFVILA_KERNEL_SELF_CHECK, read at import: "auto" (unset: fallback on CUDA, off elsewhere),
+    "off", "error" or "fallback" (on every device)."""
     value = os.environ.get(ENV, "").strip().lower()
-    if value in ("", "0", "off", "none"):
-        return None
+    if value in ("", "auto"):
+        return "auto"
+    if value in ("0", "off", "none", "false"):
+        return "off"
     if value not in MODES:
-        logger.warning("%s=%r is not one of %s: the first-call check stays off", ENV, value, MODES)
-        return None
+        logger.warning(
+            "%s=%r is not one of auto, off, %s: the first-call check stays 'auto'",
+            ENV, value, ", ".join(MODES),
+        )  # fmt: skip
+        return "auto"
     return value
 
 
-_first_call_mode = _env_mode()
+_setting = _env_setting()
 
 
 def set_first_call_check(mode: str | None) -> None:
-    """Check each distinct fused call the first time it is made: mode "error", "fallback" or
-    None (off, the default unless LFVILA_KERNEL_SELF_CHECK is set)."""
-    global _first_call_mode
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"first-call check mode must be one of {MODES} or None, got {mode!r}")
-    _first_call_mode = mode
+    """The first-call check: "fallback" or "error" on every device, None or "off" nowhere, "auto"
+    (the default unless LFVILA_KERNEL_SELF_CHECK says otherwise) fallback on CUDA only."""
+    global _setting
+    mode = "off" if mode is None else mode
+    if mode not in SETTINGS:
+        raise ValueError(f"first-call check mode must be one of {SETTINGS} or None, got {mode!r}")
+    _setting = mode
 
 
-def active() -> bool:
-    """Whether a fused call needs `on_fused_call` (recording, fallbacks or first-call checks)."""
-    return bool(_recording is not None or _fallback or _first_call_mode)
+def first_call_mode(device: torch.device) -> str | None:
+    """What the first-call check does for a call on `device`: "fallback", "error" or None."""
+    if _setting == "off":
+        return None
+    if _setting == "auto":
+        return "fallback" if device.type == "cuda" else None
+    return _setting
 
 
-def fallback_calls() -> dict[tuple, str]:
-    """The calls that run on the reference after a mismatch: {key: reason}."""
+def active(device: torch.device) -> bool:
+    """Whether a fused call on `device` needs `on_fused_call` (recording, fallbacks or checks)."""
+    return _recording is not None or bool(_fallback) or first_call_mode(device) is not None
+
+
+def fallback_calls() -> dict[FusedCall, str]:
+    """The signatures that run on the reference after a mismatch: {call: reason}."""
     return dict(_fallback)
 
 
+def results() -> list[CheckResult]:
+    """Every check this process ran (first-call checks included), in order."""
+    return list(_results)
+
+
 def reset() -> None:
-    """Forget fallbacks and which calls were checked (tests; a new model)."""
+    """Forget fallbacks, verdicts and results (tests; a new model)."""
     _fallback.clear()
     _checked.clear()
+    _results.clear()
+    _unchecked_warned.clear()
 
 
 @contextlib.contextmanager
@@ -212,21 +255,69 @@ def module_labels(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
+def verdict(
+    op: str, shape, dtype: torch.dtype, device: torch.device, params: dict, strides=(),
+    chosen: str = "triton",
+) -> str:  # fmt: skip
+    """The dispatchers' entry: the backend to run for a fused call of this signature (`chosen`,
+    or "reference" after a mismatch). Eager calls go to `on_fused_call`; while torch.compile
+    traces, the verdict is a constant of the graph (`choice_while_tracing`)."""
+    items = tuple(sorted(params.items()))
+    if torch.compiler.is_compiling():
+        # sizes may be symbolic in a trace: only the settings cross into the constant function
+        return choice_while_tracing(*_flatten((op, dtype, device, items, chosen)))
+    if not active(device):
+        return chosen
+    call = FusedCall(op, tuple(shape), dtype, torch.device(device), items, tuple(strides))
+    return on_fused_call(call, chosen)
+
+
+# assume_constant_result takes only constants (ints, strs, dtypes, devices, None...), not tuples:
+# the signature crosses into `choice_while_tracing` flattened, tuples between markers.
+_OPEN, _CLOSE = "<lfvila-tuple>", "</lfvila-tuple>"
+
+
+def _flatten(value) -> list:
+    if isinstance(value, tuple):
+        out = [_OPEN]
+        for item in value:
+            out.extend(_flatten(item))
+        out.append(_CLOSE)
+        return out
+    return [value]
+
+
+def _unflatten(flat: tuple):
+    stack: list[list] = [[]]
+    for item in flat:
+        if isinstance(item, str) and item == _OPEN:
+            stack.append([])
+        elif isinstance(item, str) and item == _CLOSE:
+            done = tuple(stack.pop())
+            stack[-1].append(done)
+        else:
+            stack[-1].append(item)
+    return stack[0][0]
+
+
 def on_fused_call(call: FusedCall, chosen: str) -> str:
-    """Called by the dispatchers when they chose a fused backend: records the call, applies a
-    fallback, runs the first-call check. Returns the backend to run."""
+    """Called by the dispatchers (eagerly) when they chose a fused backend: records the call,
+    applies a fallback, runs the first-call check. Returns the backend to run."""
     if _in_check:
         return chosen
     if _recording is not None:
         _recording.append((call, _module_name.get()))
-    key = call.key()
-    if key in _fallback:
+    if call in _fallback:
         return "reference"
-    mode = _first_call_mode
-    if mode is None or key in _checked or _capturing():
+    mode = first_call_mode(call.device)
+    if mode is None or call in _checked:
         return chosen
-    _checked.add(key)
-    result = check_call(call, [_module_name.get()] if _module_name.get() else [])
+    if _capturing():
+        _warn_unchecked(call, "CUDA-graph capture")
+        return chosen
+    _checked.add(call)
+    modules = [_module_name.get()] if _module_name.get() else []
+    result = check_call(call, modules)
     logger.info("kernel self-check (first call): %s", result.summary())
     if result.ok:
         return chosen
@@ -234,8 +325,43 @@ def on_fused_call(call: FusedCall, chosen: str) -> str:
     return "reference"
 
 
+@torch.compiler.assume_constant_result
+def choice_while_tracing(*flat) -> str:
+    """`on_fused_call` while torch.compile traces: a constant of the graph, decided on the call's
+    settings (op, dtype, device, params) since its sizes may be symbolic there. No check can run
+    in a trace: any signature of these settings that fell back sends the graph to the reference;
+    settings never checked run fused, with one warning."""
+    op, dtype, device, params, chosen = _unflatten(flat)
+    settings = FusedCall(op, (), dtype, torch.device(device), params)
+    if _in_check:
+        return chosen
+    if any(_settings(c) == settings for c in _fallback):
+        return "reference"
+    mode = first_call_mode(settings.device)
+    if mode is not None and not any(_settings(c) == settings for c in _checked):
+        _warn_unchecked(settings, "torch.compile")
+    return chosen
+
+
+def _settings(call: FusedCall) -> FusedCall:
+    """The call without its sizes and strides."""
+    return dataclasses.replace(call, shape=(), strides=())
+
+
+def _warn_unchecked(call: FusedCall, where: str) -> None:
+    if call in _unchecked_warned:
+        return
+    _unchecked_warned.add(call)
+    logger.warning(
+        "kernel self-check: %s runs fused UNCHECKED: no check can run during %s. Check it "
+        "first (one eager call, or lfvila.kernels.self_check(model, example)), or set %s=off "
+        "to silence this.",
+        call.describe(), where, ENV,
+    )  # fmt: skip
+
+
 def _capturing() -> bool:
-    """Inside torch.compile tracing or CUDA-graph capture a check cannot run."""
+    """During CUDA-graph capture (or a trace) a check cannot run."""
     if torch.compiler.is_compiling():
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
@@ -255,7 +381,7 @@ def apply_mismatch_policy(failed: list[CheckResult], mode: str) -> None:
         )
         raise KernelMismatchError("\n".join(lines))
     for result in failed:
-        _fallback[result.call.key()] = result.message
+        _fallback[result.call] = result.message
         logger.warning(
             "kernel self-check: %s: %s disagrees with the reference (%s); running it on the "
             "reference backend from now on (on_mismatch=fallback)",
@@ -278,6 +404,8 @@ def _device_name(call: FusedCall) -> str:
 def check_call(call: FusedCall, modules: list[str] | None = None, seed: int = 0) -> CheckResult:
     """The fused forward and backward of `call` on random inputs against the reference."""
     global _in_check
+    if call.op not in _CHECKS:
+        raise ValueError(f"no self-check registered for op {call.op!r}")
     start = time.perf_counter()
     previous, _in_check = _in_check, True
     try:
@@ -298,19 +426,29 @@ def check_call(call: FusedCall, modules: list[str] | None = None, seed: int = 0)
         worst = max(worst, margin)
         if not ok:
             failures.append(f"{name}: {msg}")
-    return CheckResult(
+    result = CheckResult(
         call, list(modules or []), not failures, "\n    ".join(failures), worst,
         time.perf_counter() - start,
     )  # fmt: skip
+    _results.append(result)
+    return result
 
 
-def _leaf(x: torch.Tensor | None, dtype=None) -> torch.Tensor | None:
+def leaf(x: torch.Tensor | None, dtype=None, strides: tuple[int, ...] = ()):
+    """A fresh leaf copy of x (in `dtype`), laid out with `strides` when given."""
     if x is None:
         return None
-    return x.detach().to(dtype or x.dtype).clone().requires_grad_(True)
+    x = x.detach().to(dtype or x.dtype)
+    if strides and len(strides) == x.dim():
+        y = torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device)
+        y.copy_(x)
+    else:
+        y = x.clone()
+    return y.requires_grad_(True)
 
 
-def _grads(out, inputs, g):
+def grads(out, inputs: dict, g) -> dict:
+    """{name: d out/d input} against the upstream gradient g (zeros for unused inputs)."""
     present = [x for x in inputs.values() if x is not None]
     got = iter(torch.autograd.grad(out, present, g.to(out.dtype), allow_unused=True))
     result = {}
@@ -321,115 +459,14 @@ def _grads(out, inputs, g):
     return result
 
 
-def _check_window_attention(call: FusedCall, seed: int) -> dict:
-    from .testing import window_attention_inputs
-    from .window_attn import window_attention, window_attention_qkv, window_attention_ref
-
-    p = dict(call.params)
-    window, shift = p["window"], p["shift"]
-    inp = window_attention_inputs(call.shape, window, call.dtype, call.device, seed=seed)
-    table = inp["rel_pos_bias"].to(p["table_dtype"]) if p["table_dtype"] is not None else None
-    pad = tuple(x.to(p["pad_dtype"]) for x in inp["pad_kv"]) if p["pad_dtype"] else None
-    base = {"q": inp["q"], "k": inp["k"], "v": inp["v"], "table": table}
-    if pad is not None:
-        base.update(k_pad=pad[0], v_pad=pad[1])
-    g = torch.randn(call.shape, generator=torch.Generator().manual_seed(seed + 1))
-    g = g.to(call.device)
-    kwargs = dict(scale=p["scale"], mask_value=p["mask_value"], clamped_index=p["clamped_index"])
-
-    def run(dtype, fused: bool):
-        """dtype None: every input as the call has it (the fused run and `pt`); else all cast."""
-        x = {n: _leaf(t, dtype) for n, t in base.items()}
-        pads = (x["k_pad"], x["v_pad"]) if pad is not None else None
-        if not fused:
-            out = window_attention_ref(x["q"], x["k"], x["v"], window, shift, x["table"],
-                                       pad_kv=pads, **kwargs)  # fmt: skip
-            return out, _grads(out, x, g)
-        if p["packed"]:
-            qkv = torch.stack([x["q"], x["k"], x["v"]], dim=4).detach().requires_grad_(True)
-            out = window_attention_qkv(qkv, window, shift, x["table"], pad_kv=pads,
-                                       backend="triton", **kwargs)  # fmt: skip
-            rest = {n: t for n, t in x.items() if n not in "qkv"}
-            grads = _grads(out, {"qkv": qkv, **rest}, g)
-            dq, dk, dv = grads.pop("qkv").unbind(4)
-            return out, {"q": dq, "k": dk, "v": dv, **grads}
-        out = window_attention(x["q"], x["k"], x["v"], window, shift, x["table"], pad_kv=pads,
-                               backend="triton", **kwargs)  # fmt: skip
-        return out, _grads(out, x, g)
-
-    truth_dtype = torch.float64 if call.dtype == torch.float32 else torch.float32
-    truth, pt, out = run(truth_dtype, False), run(None, False), run(None, True)
-    pairs = {"output": (out[0], truth[0], pt[0], OUTPUT)}
-    for name in out[1]:
-        label = {"q": "dq", "k": "dk", "v": "dv", "table": "dtable"}.get(name, f"d{name}")
-        pairs[label] = (out[1][name], truth[1][name], pt[1][name], GRADIENT)
-    return pairs
-
-
-def _unit_rows(shape, dtype, device, gen):
-    x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    return torch.nn.functional.normalize(x, dim=-1).to(dtype=dtype, device=device)
-
-
-def _loss_pairs(run, dtype: torch.dtype, grad_names: tuple[str, str]) -> dict:
-    """{name: (fused, truth, pt, rule)} of a loss check: `run(dtype, fused) -> (loss, grad,
-    grad)`, truth in fp32 (fp64 for fp32 inputs), pt and the fused run in the call's dtype."""
+def error_pairs(run, dtype: torch.dtype, names: tuple[tuple[str, dict], ...]) -> dict:
+    """{name: (fused, truth, pt, rule)}: `run(dtype, fused) -> tensors` in `names`' order, truth
+    in fp32 (fp64 for fp32 inputs), pt and the fused run in the call's dtype."""
     truth_dtype = torch.float64 if dtype == torch.float32 else torch.float32
     truth, pt, out = run(truth_dtype, False), run(None, False), run(None, True)
-    names = (("loss", OUTPUT), (grad_names[0], GRADIENT), (grad_names[1], GRADIENT))
     return {n: (o.reshape(-1), t.reshape(-1), q.reshape(-1), rule)
             for (n, rule), o, t, q in zip(names, out, truth, pt)}  # fmt: skip
 
-
-def _check_contrastive(call: FusedCall, seed: int) -> dict:
-    from .contrastive import contrastive_loss, contrastive_loss_ref
-
-    gen = torch.Generator().manual_seed(seed)
-    a = _unit_rows(call.shape, call.dtype, call.device, gen)
-    b = _unit_rows(call.shape, call.dtype, call.device, gen)
-    temperature = call.param("temperature")
-
-    def run(dtype, fused):
-        xa, xb = _leaf(a, dtype), _leaf(b, dtype)
-        if fused:
-            loss = contrastive_loss(xa, xb, temperature, backend="triton")
-        else:
-            loss = contrastive_loss_ref(xa, xb, temperature)
-        return (loss, *torch.autograd.grad(loss, [xa, xb]))
-
-    return _loss_pairs(run, call.dtype, ("da", "db"))
-
-
-def _check_mtc(call: FusedCall, seed: int) -> dict:
-    from .contrastive import mtc_loss, mtc_loss_ref, sample_mtc_indices
-
-    p = dict(call.params)
-    gen = torch.Generator().manual_seed(seed)
-    clips = _unit_rows(call.shape, call.dtype, call.device, gen)
-    sents = _unit_rows(call.shape, call.dtype, call.device, gen)
-    batch, m, _ = call.shape
-    indices = sample_mtc_indices(
-        batch, m, p["num_key"], p["num_value"], None, torch.Generator().manual_seed(seed),
-        call.device,
-    )  # fmt: skip
-
-    def run(dtype, fused):
-        xc, xs = _leaf(clips, dtype), _leaf(sents, dtype)
-        if fused:
-            loss = mtc_loss(xc, xs, p["temperature"], p["num_key"], p["num_value"],
-                            p["num_other_neg"], indices=indices, backend="triton")  # fmt: skip
-        else:
-            loss = mtc_loss_ref(xc, xs, p["temperature"], indices, p["num_other_neg"])
-        return (loss, *torch.autograd.grad(loss, [xc, xs]))
-
-    return _loss_pairs(run, call.dtype, ("dclip", "dsent"))
-
-
-_CHECKS = {
-    "window_attention": _check_window_attention,
-    "contrastive_loss": _check_contrastive,
-    "mtc_loss": _check_mtc,
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,15 +491,15 @@ def check_calls(
         names = groups.setdefault(call, [])
         if module and module not in names:
             names.append(module)
-    results = []
+    checked = []
     for call, modules in groups.items():
         result = check_call(call, modules)
-        _checked.add(call.key())
+        _checked.add(call)
         log("kernel self-check: %s", result.summary())
-        results.append(result)
+        checked.append(result)
     if on_mismatch is not None:
-        apply_mismatch_policy([r for r in results if not r.ok], on_mismatch)
-    return results
+        apply_mismatch_policy([r for r in checked if not r.ok], on_mismatch)
+    return checked
 
 
 def self_check(
@@ -481,22 +518,6 @@ def self_check(
     with record_fused_calls() as calls, module_labels(module), torch.no_grad():
         module(*example_args, **example_kwargs)
     return check_calls(calls, on_mismatch, batch)
-
-
-def window_attention_call(
-    q_shape, dtype, device, window, shift, table_dtype, pad_dtype, packed: bool, scale: float,
-    mask_value: float, clamped_index: str,
-) -> FusedCall:  # fmt: skip
-    """The FusedCall of a window-attention call (what the dispatcher records)."""
-    params = dict(
-        clamped_index=clamped_index, mask_value=float(mask_value), packed=bool(packed),
-        pad_dtype=pad_dtype, scale=float(scale), shift=tuple(shift), table_dtype=table_dtype,
-        window=tuple(window),
-    )  # fmt: skip
-    return FusedCall(
-        "window_attention", tuple(q_shape), dtype, torch.device(device),
-        tuple(sorted(params.items())),
-    )  # fmt: skip
 
 
 def loss_call(op: str, shape, dtype, device, **params) -> FusedCall:

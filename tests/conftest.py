@@ -1,5 +1,6 @@
 """Test configuration. The first lines turn on the Triton interpreter when there is no GPU:
-kernels defined before TRITON_INTERPRET is set fail with "0 active drivers"."""
+kernels defined before TRITON_INTERPRET is set fail with "0 active drivers"; and turn the
+first-call kernel self-check off (tests turn it on where they test it)."""
 
 import os
 
@@ -7,6 +8,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The first-call self-check (on by default on CUDA) would send a wrong kernel to the reference
+# and hide it from the kernel tests: off unless a test turns it on (test_self_check.py does).
+os.environ.setdefault("LFVILA_KERNEL_SELF_CHECK", "off")
 
 import random  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Contrastive losses: LF-VILA's global video-paragraph InfoNCE and the MTC loss."""
 
+from . import check  # noqa: F401  (registers the losses' self-checks)
 from .dispatch import (
     ContrastiveLoss,
     MTCLoss,

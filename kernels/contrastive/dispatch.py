@@ -106,11 +106,11 @@ def contrastive_loss(
         a, b = gather_batch(a, process_group), gather_batch(b, process_group)
     checks = {"triton": lambda: can_run_triton_contrastive(a, b), "reference": lambda: []}
     chosen = choose_backend("contrastive_loss", backend, a, checks, PRIORITY)
-    if chosen != "reference" and logit_scale is None and _self_check.active():
-        call = _self_check.loss_call(
-            "contrastive_loss", a.shape, a.dtype, a.device, temperature=float(temperature)
+    if chosen != "reference" and logit_scale is None:
+        params = dict(temperature=float(temperature))
+        chosen = _self_check.verdict(
+            "contrastive_loss", a.shape, a.dtype, a.device, params, chosen=chosen
         )
-        chosen = _self_check.on_fused_call(call, chosen)
     if chosen == "reference":
         return contrastive_loss_ref(a, b, temperature, logit_scale)
     if logit_scale is None:
@@ -236,13 +236,15 @@ def mtc_loss(
         indices = _check_indices(indices, batch, clips, num_key, num_value, clip_feats.device)
     checks = {"triton": lambda: can_run_triton_mtc(clip_feats, sent_feats), "reference": lambda: []}
     chosen = choose_backend("mtc_loss", backend, clip_feats, checks, PRIORITY)
-    if chosen != "reference" and _self_check.active():
-        call = _self_check.loss_call(
-            "mtc_loss", clip_feats.shape, clip_feats.dtype, clip_feats.device,
+    if chosen != "reference":
+        params = dict(
             temperature=float(temperature), num_key=num_key, num_value=num_value,
             num_other_neg=num_other_neg,
         )  # fmt: skip
-        chosen = _self_check.on_fused_call(call, chosen)
+        chosen = _self_check.verdict(
+            "mtc_loss", clip_feats.shape, clip_feats.dtype, clip_feats.device, params,
+            chosen=chosen,
+        )  # fmt: skip
     if chosen == "reference":
         return mtc_loss_ref(clip_feats, sent_feats, temperature, indices, num_other_neg)
     feats = torch.stack([clip_feats, sent_feats])  # (2, B, M, d): both directions in one launch

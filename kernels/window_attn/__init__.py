@@ -1,5 +1,7 @@
-"""3D (shifted) window attention with relative position bias: reference, Triton, dispatch."""
+"""3D (shifted) window attention with an additive bias (a relative-position table or any dense
+bias): reference, Triton kernels, dispatch, the self-check of a fused call."""
 
+from . import check  # noqa: F401  (registers the window-attention self-check)
 from .dispatch import (
     PRIORITY,
     WindowAttention3D,

@@ -1,5 +1,10 @@
 """Public `window_attention`: input validation, backend choice with reasons, and the module.
 
+The bias is a relative-position table (`rel_pos_bias`, Video-Swin's) or any dense per-head
+bias (`attn_bias`); the fused kernels take either as one dense (heads or 1, NP, NP) operand
+(bias.py). Every fused call goes through the self-check's verdict (`_self_check.verdict`): on a
+GPU a new call signature is checked against the reference before the kernel is trusted.
+
 Backends: "reference" (pure PyTorch, `window_attention_ref`), "triton" (fused forward and
 backward; on CPU only under TRITON_INTERPRET=1), "cuda" (lfvila._C; no window-attention kernel
 there yet), "auto". `auto` takes the first backend of PRIORITY that has no reasons against it;
@@ -19,8 +24,9 @@ from torch import nn
 from .. import _self_check
 from .._backend import ext_missing_reason, load_ext
 from .._dispatch import choose_backend, triton_device_reasons
+from .bias import padded_bias, table_bias
 from .function import WindowAttentionFunction, WindowAttentionQKVFunction
-from .geometry import window_geometry
+from .geometry import WindowGeometry, window_geometry
 from .reference import relative_position_index, window_attention_ref
 
 PRIORITY = ("triton", "cuda", "reference")
@@ -73,7 +79,29 @@ def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:
     return tuple(value)  # type: ignore[return-value]
 
 
-def _validate(q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value, ci):
+def _validate_attn_bias(attn_bias, q: torch.Tensor, geom: WindowGeometry) -> None:
+    heads, n = q.shape[-2], geom.tokens
+    expected = f"(heads, N, N) = ({heads}, {n}, {n}) or (1, {n}, {n})"
+    where = (
+        f"N = {n} tokens of the window {geom.window} on the {'x'.join(map(str, geom.size))} map"
+        + (f", clamped from {geom.window_cfg}" if geom.window != geom.window_cfg else "")
+    )
+    if not isinstance(attn_bias, torch.Tensor):
+        raise ValueError(f"attn_bias must be a tensor of shape {expected}, got {attn_bias!r}")
+    shape = tuple(attn_bias.shape)
+    if attn_bias.dim() != 3 or shape[1:] != (n, n) or shape[0] not in (1, heads):
+        raise ValueError(f"attn_bias must have shape {expected} ({where}), got {shape}")
+    if attn_bias.device != q.device:
+        raise ValueError(f"attn_bias is on {attn_bias.device} but q is on {q.device}")
+    if attn_bias.dtype not in (torch.float32, q.dtype):
+        raise ValueError(
+            f"attn_bias must be float32 or q's dtype {q.dtype}, got {attn_bias.dtype}"
+        )
+
+
+def _validate(
+    q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value, ci
+):
     if not isinstance(q, torch.Tensor) or q.dim() != 6:
         got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
         raise ValueError(f"q must have shape (B, T, H, W, heads, head_dim), got {got}")
@@ -97,8 +125,14 @@ def _validate(q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mas
                 f"shift_size[{axis}]={shift[axis]} must be < window_size[{axis}]={window[axis]}"
             )
     heads, head_dim = q.shape[-2:]
+    geom = window_geometry(q.shape[1:4], window, shift, ci if ci in CLAMPED_INDEX else "effective")
+    if rel_pos_bias is not None and attn_bias is not None:
+        raise ValueError(
+            "give rel_pos_bias (a relative-position table) or attn_bias (a dense bias), not both: "
+            "add the table's bias into attn_bias instead"
+        )
     if rel_pos_bias is not None:
-        rows = window_geometry(q.shape[1:4], window, shift).table_rows
+        rows = geom.table_rows
         if not isinstance(rel_pos_bias, torch.Tensor) or tuple(rel_pos_bias.shape) != (rows, heads):
             got = (
                 tuple(rel_pos_bias.shape)
@@ -111,6 +145,8 @@ def _validate(q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mas
             )
         if rel_pos_bias.device != q.device or not rel_pos_bias.is_floating_point():
             raise ValueError(f"rel_pos_bias must be a float tensor on {q.device}")
+    if attn_bias is not None:
+        _validate_attn_bias(attn_bias, q, geom)
     if pad_kv is not None:
         if not isinstance(pad_kv, (tuple, list)) or len(pad_kv) != 2:
             raise ValueError("pad_kv must be a pair (k_pad, v_pad) of (heads, head_dim) tensors")
@@ -127,7 +163,7 @@ def _validate(q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mas
             raise ValueError(f"{name} must be a finite number, got {x!r}")
     if ci not in CLAMPED_INDEX:
         raise ValueError(f"clamped_index must be one of {CLAMPED_INDEX}, got {ci!r}")
-    return window, shift
+    return geom
 
 
 def window_attention(
@@ -143,19 +179,22 @@ def window_attention(
     backend: str = "auto",
     clamped_index: str = "effective",
     dropout_p: float = 0.0,
+    attn_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """3D (shifted) window attention with relative position bias, fused where possible.
+    """3D (shifted) window attention with an additive bias, fused where possible.
 
     Args:
         q, k, v: (B, T, H, W, heads, D) fp16/bf16/fp32, heads-last, same shape, dtype and device;
             any T/H/W (padded to window multiples internally, never materialised by the kernel).
+            A 2D map is T = 1 (window (1, Wh, Ww)).
         window_size: (Wt, Wh, Ww). An axis whose map size is <= its window uses the map size as
             window and shift 0 (Video-Swin's rule).
         shift_size: Swin's cyclic shift, 0 <= shift < window. Pairs of tokens from different
             pre-shift regions get `mask_value` added (Video-Swin: -100), computed in-kernel.
         rel_pos_bias: ((2Wt-1)(2Wh-1)(2Ww-1), heads) table with Video-Swin's indexing (SPEC §4.4)
             for the configured window; a clamped window's offsets map into it with the configured
-            strides (SPEC Decision 4e). Its gradient is computed.
+            strides (SPEC Decision 4e). Gathered into a dense bias once per call; its gradient is
+            folded back into the table in a fixed order (deterministic).
         scale: multiplies q·kᵀ, default D ** -0.5.
         pad_kv: (k_pad, v_pad), each (heads, D): key and value of padding tokens (Video-Swin pads
             x before its qkv projection, so they equal the projection bias). They take part in
@@ -165,30 +204,39 @@ def window_attention(
         clamped_index: "effective" (Decision 4e), or "legacy" to reproduce Video-Swin's and
             torchvision's `relative_position_index[:N, :N]` slice for clamped windows.
         dropout_p: attention-probability dropout; > 0 runs the reference (not fused).
+        attn_bias: any additive bias over the window's token pairs instead of a table:
+            (heads, N, N), or (1, N, N) broadcast over heads, fp32 or q's dtype, N the tokens of
+            the effective window (row n = t * Wh * Ww + h * Ww + w). Swin-V2's continuous
+            position bias, a learned bias, ALiBi-like terms. Its gradient is computed (dense,
+            deterministic).
 
     Returns:
         (B, T, H, W, heads, D) in q's dtype.
 
-    Backward of the fused path is deterministic: bitwise-identical gradients run to run.
+    Backward of the fused path is deterministic: bitwise-identical gradients run to run. On a
+    GPU each new call signature is first checked against the reference (`_self_check`; off with
+    LFVILA_KERNEL_SELF_CHECK=off); a mismatch sends that signature to the reference, with a
+    warning.
     """
-    window, shift = _validate(
-        q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value, clamped_index
-    )
+    geom = _validate(
+        q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value,
+        clamped_index,
+    )  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = _choose_backend(backend, q, k, v, dropout_p)
-    if chosen != "reference" and _self_check.active():
-        chosen = _checked_backend(q, window, shift, rel_pos_bias, pad_kv, False, scale,
-                                  mask_value, clamped_index, chosen)  # fmt: skip
+    if chosen != "reference":
+        chosen = _verdict(q, q.stride(), geom, rel_pos_bias, attn_bias, pad_kv, False, scale,
+                          mask_value, clamped_index, chosen)  # fmt: skip
     if chosen == "reference":
         return window_attention_ref(
-            q, k, v, window, shift, rel_pos_bias, scale, pad_kv, mask_value, clamped_index,
-            dropout_p,
+            q, k, v, geom.window_cfg, shift_size, rel_pos_bias, scale, pad_kv, mask_value,
+            clamped_index, dropout_p, attn_bias,
         )  # fmt: skip
     k_pad, v_pad = (p.contiguous() for p in pad_kv) if pad_kv is not None else (None, None)
+    bias = _dense_bias(rel_pos_bias, attn_bias, geom, clamped_index)
     return WindowAttentionFunction.apply(
-        q, k, v, rel_pos_bias, k_pad, v_pad, window, shift, scale, float(mask_value),
-        clamped_index, chosen,
-    )  # fmt: skip
+        q, k, v, bias, k_pad, v_pad, geom.window_cfg, geom.shift, scale, float(mask_value), chosen
+    )
 
 
 def window_attention_qkv(
@@ -202,6 +250,7 @@ def window_attention_qkv(
     backend: str = "auto",
     clamped_index: str = "effective",
     dropout_p: float = 0.0,
+    attn_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`window_attention` on a packed qkv: (B, T, H, W, 3, heads, D), e.g. one qkv projection's
     output viewed as such. Same arguments and result as `window_attention(*qkv.unbind(4), ...)`.
@@ -213,34 +262,58 @@ def window_attention_qkv(
         got = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"qkv must have shape (B, T, H, W, 3, heads, head_dim), got {got}")
     q, k, v = qkv.unbind(4)
-    window, shift = _validate(
-        q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value, clamped_index
-    )
+    geom = _validate(
+        q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value,
+        clamped_index,
+    )  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = _choose_backend(backend, q, k, v, dropout_p)
-    if chosen != "reference" and _self_check.active():
-        chosen = _checked_backend(q, window, shift, rel_pos_bias, pad_kv, True, scale,
-                                  mask_value, clamped_index, chosen)  # fmt: skip
+    if chosen != "reference":
+        chosen = _verdict(q, qkv.stride(), geom, rel_pos_bias, attn_bias, pad_kv, True, scale,
+                          mask_value, clamped_index, chosen)  # fmt: skip
     if chosen == "reference":
         return window_attention_ref(
-            q, k, v, window, shift, rel_pos_bias, scale, pad_kv, mask_value, clamped_index,
-            dropout_p,
+            q, k, v, geom.window_cfg, shift_size, rel_pos_bias, scale, pad_kv, mask_value,
+            clamped_index, dropout_p, attn_bias,
         )  # fmt: skip
     k_pad, v_pad = (p.contiguous() for p in pad_kv) if pad_kv is not None else (None, None)
+    bias = _dense_bias(rel_pos_bias, attn_bias, geom, clamped_index)
     return WindowAttentionQKVFunction.apply(
-        qkv, rel_pos_bias, k_pad, v_pad, window, shift, scale, float(mask_value), clamped_index,
-        chosen,
-    )  # fmt: skip
+        qkv, bias, k_pad, v_pad, geom.window_cfg, geom.shift, scale, float(mask_value), chosen
+    )
 
 
-def _checked_backend(q, window, shift, table, pad_kv, packed, scale, mask_value, ci, chosen):
-    """The self-check's say on a fused call (recording, fallback, first-call check)."""
-    shift = window_geometry(q.shape[1:4], window, shift, ci).shift  # 0 on clamped axes
-    call = _self_check.window_attention_call(
-        q.shape, q.dtype, q.device, window, shift, table.dtype if table is not None else None,
-        pad_kv[0].dtype if pad_kv is not None else None, packed, scale, mask_value, ci,
+def _dense_bias(table, attn_bias, geom: WindowGeometry, clamped_index: str):
+    """The kernels' (heads or 1, NP, NP) bias operand, or None (autograd flows through)."""
+    if table is not None:
+        return table_bias(table, geom, clamped_index)
+    if attn_bias is not None:
+        return padded_bias(attn_bias, geom)
+    return None
+
+
+def bias_kind(table, attn_bias) -> str:
+    """"table", "dense", "dense-broadcast" or "none": part of a call's signature."""
+    if table is not None:
+        return "table"
+    if attn_bias is None:
+        return "none"
+    return "dense-broadcast" if attn_bias.shape[0] == 1 and attn_bias.dim() == 3 else "dense"
+
+
+def _verdict(q, strides, geom, table, attn_bias, pad_kv, packed, scale, mask_value, ci, chosen):
+    """The self-check's say on a fused call: the signature (everything that selects a compiled
+    kernel, the batch included) and `chosen` or "reference" (recording, fallback, first call)."""
+    bias = table if table is not None else attn_bias
+    params = dict(
+        bias=bias_kind(table, attn_bias), bias_dtype=bias.dtype if bias is not None else None,
+        clamped_index=ci, mask_value=float(mask_value), packed=bool(packed),
+        pad_dtype=pad_kv[0].dtype if pad_kv is not None else None, scale=float(scale),
+        shift=geom.shift, window=geom.window_cfg,
     )  # fmt: skip
-    return _self_check.on_fused_call(call, chosen)
+    return _self_check.verdict(
+        "window_attention", q.shape, q.dtype, q.device, params, tuple(strides), chosen
+    )
 
 
 class WindowAttention3D(nn.Module):

@@ -75,6 +75,12 @@ class WindowGeometry:
         return any(s > 0 for s in self.shift)
 
     @property
+    def padded_tokens(self) -> int:
+        """NP: rows a window occupies in the kernels and in their dense bias operand (the next
+        power of two of N, at least 16: tl.arange needs a power of two, tl.dot tiles >= 16)."""
+        return max(16, next_power_of_2(self.tokens))
+
+    @property
     def table_rows(self) -> int:
         wt, wh, ww = self.window_cfg
         return (2 * wt - 1) * (2 * wh - 1) * (2 * ww - 1)

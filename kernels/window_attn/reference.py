@@ -178,12 +178,17 @@ def _windows(x, pad_row, geom: WindowGeometry, to_windows, to_map) -> torch.Tens
     return rows.view(B, heads, geom.num_windows, geom.tokens, D)
 
 
-def _window_scores(qw, kw, geom: WindowGeometry, rel_pos_bias, mask_value, mask_padded_keys):
+def _window_scores(
+    qw, kw, geom: WindowGeometry, rel_pos_bias, attn_bias, mask_value, mask_padded_keys
+):
     """Scaled window scores (B, heads, nW, N, N) with the bias, the shift mask and (None pad_kv)
     the padded-key mask applied: the softmax input."""
     n = geom.tokens
     scores = torch.matmul(qw, kw.transpose(-1, -2))  # (B, heads, nW, N, N)
     # In-place additions: matmul's backward needs its inputs, not its output.
+    if attn_bias is not None:
+        # (heads or 1, N, N) -> (heads or 1, 1, N, N): the same bias for every batch and window
+        scores.add_(attn_bias.to(scores.dtype).unsqueeze(1))
     if rel_pos_bias is not None:
         index = window_slots(geom)["bias_index"].to(qw.device).reshape(-1)
         # index_select, not table[index]: its backward is index_add_, 15x faster on CPU than the
@@ -214,6 +219,7 @@ def window_attention_ref(
     mask_value: float = -100.0,
     clamped_index: str = "effective",
     dropout_p: float = 0.0,
+    attn_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Windowed multi-head attention over a (T, H, W) map, as Video-Swin computes it.
 
@@ -228,6 +234,8 @@ def window_attention_ref(
         mask_value: added to pairs from different shift regions (-100 as in Video-Swin).
         clamped_index: "effective" (Decision 4e) or "legacy" (`index[:N, :N]`, torchvision).
         dropout_p: dropout on the attention probabilities (training only; callers pass 0 in eval).
+        attn_bias: (heads, N, N) or (1, N, N) additive bias over the (effective) window's token
+            pairs, the same for every window, or None; may be given with or instead of the table.
 
     Returns:
         (B, T, H, W, heads, D) in q's dtype.
@@ -242,7 +250,9 @@ def window_attention_ref(
         qw.mul_(scale)  # in place: the gather's backward does not need its output
     kw = _windows(k, k_pad, geom, to_windows, to_map)
     vw = _windows(v, v_pad, geom, to_windows, to_map)
-    scores, shifted = _window_scores(qw, kw, geom, rel_pos_bias, mask_value, pad_kv is None)
+    scores, shifted = _window_scores(
+        qw, kw, geom, rel_pos_bias, attn_bias, mask_value, pad_kv is None
+    )
     attn = _softmax(scores, flush_subnormals=shifted)
     if dropout_p > 0.0:
         attn = torch.nn.functional.dropout(attn, p=dropout_p)
@@ -262,6 +272,7 @@ def window_attention_lse_ref(
     pad_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     mask_value: float = -100.0,
     clamped_index: str = "effective",
+    attn_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The log-sum-exp (natural log) of each query's softmax input, (B, T, H, W, heads), in q's
     dtype: what the fused forward saves for its backward (it stores log2 units: this times
@@ -274,6 +285,6 @@ def window_attention_lse_ref(
     k_pad = pad_kv[0] if pad_kv is not None else None
     qw = _windows(q, None, geom, to_windows, to_map) * scale
     kw = _windows(k, k_pad, geom, to_windows, to_map)
-    scores, _ = _window_scores(qw, kw, geom, rel_pos_bias, mask_value, pad_kv is None)
+    scores, _ = _window_scores(qw, kw, geom, rel_pos_bias, attn_bias, mask_value, pad_kv is None)
     lse = torch.logsumexp(scores, dim=-1).reshape(-1)  # (B*heads*nW*N,)
     return lse.index_select(0, to_map).view(B, T, H, W, heads)

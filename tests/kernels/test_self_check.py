@@ -19,6 +19,7 @@ from lfvila.kernels import (
     self_check,
     set_first_call_check,
     window_attention,
+    window_attention_qkv,
     window_attention_ref,
 )
 from lfvila.kernels._backend import interpreter_enabled
@@ -36,7 +37,7 @@ def _fresh_state():
     set_first_call_check(None)
     yield
     _self_check.reset()
-    set_first_call_check(None)
+    set_first_call_check(_self_check._env_setting())
 
 
 def _wrong_dq(monkeypatch, factor=1.05):
@@ -77,8 +78,10 @@ def test_self_check_passes_a_correct_kernel_and_names_the_module():
     call = results[0].call
     assert results[0].modules == ["attn"]
     assert call.op == "window_attention" and call.shape == (2, 4, 6, 10, 2, 16)
-    assert call.param("shift") == (0, 1, 2) and call.param("table_dtype") == torch.float32
+    assert call.param("shift") == (0, 1, 2) and call.param("bias") == "table"
+    assert call.param("bias_dtype") == torch.float32
     assert "attn: window_attention (2, 4, 6, 10, 2, 16) float32" in results[0].summary()
+    assert "table float32" in results[0].summary()
     assert 0 < results[0].worst <= 1
 
 
@@ -102,9 +105,9 @@ def test_fallback_sends_the_call_to_the_reference(monkeypatch, caplog):
         results = self_check(model, x, on_mismatch="fallback")
     assert not results[0].ok and "on_mismatch=fallback" in caplog.text
     assert len(_self_check.fallback_calls()) == 1
-    # later calls of that kind, at any batch, run the reference: the kernel is not launched
+    # later calls of that signature run the reference: the kernel is not launched
     launched = len(calls)
-    xr = torch.randn(3, 4, 6, 10, 32, device=DEVICE, requires_grad=True)
+    xr = torch.randn(2, 4, 6, 10, 32, device=DEVICE, requires_grad=True)
     out = model(xr)
     out.sum().backward()
     assert len(calls) == launched
@@ -130,10 +133,12 @@ def test_first_call_check_runs_once_per_kind(monkeypatch):
     module, x = _module()
     for _ in range(2):
         module(x, (0, 1, 2))
-    module(x[:1], (0, 1, 2))  # another batch: the same kind
     assert len(checked) == 1
+    # another batch selects other compiled kernels (trip counts, ints equal to 1): checked too
+    module(x[:1], (0, 1, 2))
+    assert len(checked) == 2 and checked[1].shape[0] == 1
     module(x, (0, 0, 0))
-    assert len(checked) == 2
+    assert len(checked) == 3
 
 
 def test_first_call_check_error_and_fallback(monkeypatch):
@@ -164,13 +169,31 @@ def test_record_and_check_the_loss_kernels():
     assert all(r.ok for r in results), [r.message for r in results]
 
 
-def test_env_variable_turns_the_first_call_check_on(monkeypatch, caplog):
-    monkeypatch.setenv("LFVILA_KERNEL_SELF_CHECK", "fallback")
-    assert _self_check._env_mode() == "fallback"
+def test_env_variable_sets_the_first_call_check(monkeypatch, caplog):
+    for value, setting in (("", "auto"), ("off", "off"), ("0", "off"), ("fallback", "fallback"),
+                           ("ERROR", "error")):  # fmt: skip
+        monkeypatch.setenv("LFVILA_KERNEL_SELF_CHECK", value)
+        assert _self_check._env_setting() == setting
     monkeypatch.setenv("LFVILA_KERNEL_SELF_CHECK", "bogus")
     with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
-        assert _self_check._env_mode() is None
+        assert _self_check._env_setting() == "auto"
     assert "is not one of" in caplog.text
+
+
+def test_first_call_check_is_on_by_default_on_cuda_only():
+    """'auto' (no LFVILA_KERNEL_SELF_CHECK): fallback on CUDA, off on the CPU (whose kernels run
+    only in the interpreter, by request); 'off' nowhere; a named mode everywhere."""
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    set_first_call_check("auto")
+    assert _self_check.first_call_mode(cuda) == "fallback"
+    assert _self_check.first_call_mode(cpu) is None
+    assert _self_check.active(cuda) and not _self_check.active(cpu)
+    set_first_call_check("off")
+    assert _self_check.first_call_mode(cuda) is None and not _self_check.active(cuda)
+    set_first_call_check("error")
+    assert _self_check.first_call_mode(cpu) == "error"
+    with pytest.raises(ValueError, match="first-call check mode must be one of"):
+        set_first_call_check("sometimes")
 
 
 @pytest.mark.gpu
@@ -190,3 +213,144 @@ def test_self_check_passes_on_lfvila_stage1_video_encoder_gpu():
     assert len(results) >= 10  # L0-L5, shifted and not (L5 is never shifted; L3 == L4)
     bad = [r.summary() + "\n    " + r.message for r in results if not r.ok]
     assert not bad, "\n".join(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# A planted wrong kernel through the public API, as the default first-call check on a GPU meets it
+
+
+def _wrong_forward(monkeypatch, shift=0.02):
+    """A forward whose output is off by `shift` (every launch counted)."""
+    fwd = triton_impl.fwd
+    launches = []
+
+    def wrong(*args, **kwargs):
+        launches.append(args[0].shape)
+        o, lse = fwd(*args, **kwargs)
+        return o + shift, lse
+
+    monkeypatch.setattr(triton_impl, "fwd", wrong)
+    return launches
+
+
+def _inputs(batch=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, 4, 6, 10, 2, 16, generator=gen).to(DEVICE) for _ in range(3))
+    return q, k, v, torch.randn(135, 2, generator=gen).to(DEVICE)
+
+
+@pytest.mark.parametrize("bias", ["table", "dense", "dense-broadcast"])
+def test_planted_wrong_kernel_falls_back_with_one_warning(monkeypatch, caplog, bias):
+    """Default-on behaviour (set here explicitly: the CPU's default is off): the first call of a
+    signature is checked, the mismatch is named once, and that signature's result is the
+    reference's from the first call on; the wrong kernel is not launched for it again."""
+    launches = _wrong_forward(monkeypatch)
+    set_first_call_check("fallback")
+    q, k, v, table = _inputs()
+    kwargs = {"table": dict(rel_pos_bias=table),
+              "dense": dict(attn_bias=torch.randn(2, 30, 30, device=DEVICE)),
+              "dense-broadcast": dict(attn_bias=torch.randn(1, 30, 30, device=DEVICE))}[bias]  # fmt: skip
+    want = window_attention_ref(q, k, v, (2, 3, 5), (0, 1, 2), **kwargs)
+    with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
+        for _ in range(3):
+            got = window_attention(q, k, v, (2, 3, 5), (0, 1, 2), backend="triton", **kwargs)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    text = warnings[0].getMessage()
+    assert "window_attention (1, 4, 6, 10, 2, 16) float32" in text
+    assert f"{bias} float32" in text and "output: max|out-truth|" in text
+    assert len(launches) == 1  # only the check's own fused run
+    [(call, why)] = _self_check.fallback_calls().items()
+    assert call.param("bias") == bias and "output" in why
+    # another batch is another signature: checked on its first call, and caught as well
+    q2, k2, v2, _ = _inputs(batch=2)
+    got = window_attention(q2, k2, v2, (2, 3, 5), (0, 1, 2), backend="triton", **kwargs)
+    want = window_attention_ref(q2, k2, v2, (2, 3, 5), (0, 1, 2), **kwargs)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert len(_self_check.fallback_calls()) == 2
+
+
+def test_planted_wrong_kernel_in_the_module_and_the_packed_path(monkeypatch):
+    """WindowAttention3D (packed qkv on a GPU, three projections on the CPU) meets the same check:
+    the module's output equals the reference module's."""
+    _wrong_forward(monkeypatch)
+    set_first_call_check("fallback")
+    module, x = _module()
+    reference = WindowAttention3D(32, (2, 3, 5), 2, backend="reference").to(DEVICE)
+    reference.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(module(x, (0, 1, 2)), reference(x, (0, 1, 2)))
+    assert len(_self_check.fallback_calls()) == 1
+    qkv = torch.randn(1, 4, 6, 10, 3, 2, 16, device=DEVICE)
+    got = window_attention_qkv(qkv, (2, 3, 5), (0, 1, 2), backend="triton")
+    want = window_attention_ref(*qkv.unbind(4), (2, 3, 5), (0, 1, 2))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    packed = [c for c in _self_check.fallback_calls() if c.param("packed")]
+    assert packed and packed[0].strides == qkv.stride()
+
+
+def test_the_check_reproduces_the_callers_strides(monkeypatch):
+    """Strides select compiled kernels too (16-divisibility, unit strides): a non-contiguous
+    call is its own signature, and its check runs the kernel on inputs with those strides."""
+    from lfvila.kernels.testing import guarded
+
+    seen = []
+    fwd = triton_impl.fwd
+    monkeypatch.setattr(
+        triton_impl, "fwd", lambda q, *a, **kw: (seen.append(q.stride()), fwd(q, *a, **kw))[1]
+    )
+    set_first_call_check("error")
+    q, k, v, table = _inputs()
+    window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton")
+    qg, kg, vg = (guarded(x) for x in (q, k, v))
+    assert qg.stride() != q.stride()
+    window_attention(qg, kg, vg, (2, 3, 5), (0, 1, 2), table, backend="triton")
+    checked = [r.call for r in _self_check.results()]
+    assert [c.strides for c in checked] == [q.stride(), qg.stride()]
+    assert seen.count(qg.stride()) == 2  # the check's fused run, then the call itself
+
+
+def test_under_torch_compile_a_known_mismatch_holds_and_unchecked_settings_warn(
+    monkeypatch, caplog
+):
+    """No check runs inside a trace. Settings that fell back at one size are traced as the
+    reference at every size (static and automatic-dynamic batch); settings never checked are
+    traced fused, with one warning naming them."""
+    _wrong_forward(monkeypatch)
+    set_first_call_check("fallback")
+    q, k, v, table = _inputs(batch=2)
+
+    def fn(q, k, v, table):
+        return window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton")
+
+    def unshifted(q, k, v, table):
+        return window_attention(q, k, v, (2, 3, 5), (0, 0, 0), table, backend="triton")
+
+    fn(q, k, v, table)  # eager: checked, falls back
+    for dynamic in (False, None):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+        for b in (2, 1):  # batch 1 was never checked: the known mismatch of its settings holds
+            got = compiled(q[:b], k[:b], v[:b], table)
+            want = window_attention_ref(q[:b], k[:b], v[:b], (2, 3, 5), (0, 1, 2), table)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
+        got = torch.compile(unshifted, backend="aot_eager", fullgraph=True)(q, k, v, table)
+    assert "UNCHECKED" in caplog.text and "torch.compile" in caplog.text
+    assert "shift (0, 0, 0)" in caplog.text
+    want = window_attention_ref(q, k, v, (2, 3, 5), (0, 0, 0), table)
+    assert (got - want).abs().max() > 0.01  # the wrong kernel ran: no check inside a trace
+
+
+def test_during_graph_capture_an_unchecked_call_runs_fused_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(_self_check, "_capturing", lambda: True)
+    checked = []
+    monkeypatch.setattr(_self_check, "check_call", lambda *a, **kw: checked.append(a))
+    set_first_call_check("fallback")
+    q, k, v, table = _inputs()
+    with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
+        window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton")
+        window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton")
+    assert not checked
+    assert caplog.text.count("UNCHECKED") == 1 and "CUDA-graph capture" in caplog.text

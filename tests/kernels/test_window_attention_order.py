@@ -22,9 +22,11 @@ from lfvila.kernels._backend import interpreter_enabled
 from lfvila.kernels._buffers import alloc, poisoned_buffers
 from lfvila.kernels.testing import assert_error_ratio, no_tf32, window_attention_inputs
 from lfvila.kernels.window_attn import triton_impl, window_attention_lse_ref
+from lfvila.kernels.window_attn.bias import gather_table
+from lfvila.kernels.window_attn.geometry import window_geometry
 
 from .program_order import scrambled_programs
-from .window_checks import check_against_reference, public_api_run
+from .window_checks import check_against_reference, launcher_run, public_api_run
 
 pytestmark = pytest.mark.skipif(
     not interpreter_enabled(), reason="the harness reorders the Triton interpreter's programs"
@@ -59,15 +61,7 @@ def test_dq_bias_key_parts_are_order_independent(order):
     partials across windows (read-modify-write): the one place a program reads what it wrote."""
     shape, window, shift = CASES["multi-tile"]
     inp = window_attention_inputs(shape, window, torch.float32, "cpu", seed=3)
-    args = (window, shift, 16**-0.5, -100.0, "effective")
-
-    def run(g):
-        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
-        k_pad, v_pad = inp["pad_kv"]
-        out, lse = triton_impl.fwd(q, k, v, table, k_pad, v_pad, *args)
-        gs = triton_impl.bwd(g, q, k, v, out, lse, table, k_pad, v_pad, *args, key_split=2)
-        return out, list(gs)
-
+    run = launcher_run(inp, window, shift, key_split=2)
     with scrambled_programs(order, seed=11, repeat=2), poisoned_buffers():
         check_against_reference(inp, window, shift, "effective", run)
 
@@ -79,8 +73,9 @@ def test_forward_lse_matches_the_reference_logsumexp(case):
     inp = window_attention_inputs(shape, window, torch.float32, "cpu", seed=5)
     q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
     scale = shape[-1] ** -0.5
+    bias = gather_table(table, window_geometry(shape[1:4], window, shift))
     with scrambled_programs("shuffled", seed=3), poisoned_buffers():
-        _, lse = triton_impl.fwd(q, k, v, table, *inp["pad_kv"], window, shift, scale, -100.0)
+        _, lse = triton_impl.fwd(q, k, v, bias, *inp["pad_kv"], window, shift, scale, -100.0)
     with no_tf32():
         f64 = [x.double() for x in (q, k, table, *inp["pad_kv"])]
         truth = window_attention_lse_ref(

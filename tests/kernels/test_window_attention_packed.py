@@ -8,11 +8,16 @@ import torch
 
 from lfvila.kernels.testing import window_attention_inputs
 from lfvila.kernels.window_attn import triton_impl, window_attention_qkv
+from lfvila.kernels.window_attn.bias import gather_table
 from lfvila.kernels.window_attn.dispatch import attention_block
 from lfvila.kernels.window_attn.geometry import window_geometry
+from lfvila.kernels.window_attn.triton_bias import reduce_bias_partials
+from lfvila.kernels.window_attn.triton_bwd_fused import _bwd_fused_kernel
+from lfvila.kernels.window_attn.triton_bwd_two_pass import _bwd_dkdv_kernel, _bwd_dq_bias_kernel
+from lfvila.kernels.window_attn.triton_fwd import FWD_CONFIGS, _fwd_kernel, prune_fwd_configs
 
 from ..helpers import grads, leaves
-from .window_checks import check_against_reference
+from .window_checks import check_against_reference, launcher_run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -73,15 +78,19 @@ def test_packed_qkv_rejects_bad_shape():
         window_attention_qkv(torch.zeros(1, 2, 3, 5, 2, 2, 16), (2, 3, 5))
 
 
-@pytest.mark.parametrize("np_rows, n, packed, chunks", [(32, 30, 2, 3), (128, 84, 1, 2)])
-def test_reduce_bias_kernel_matches_torch(np_rows, n, packed, chunks):
+@pytest.mark.parametrize("np_rows, packed, chunks", [(32, 2, 3), (128, 1, 2), (16, 4, 1)])
+def test_reduce_bias_kernel_matches_torch(np_rows, packed, chunks):
     """The GPU's fixed-order partial reduction (here under the interpreter) vs torch's sum."""
     s = packed * np_rows
     part = torch.randn(chunks, 3, s, s, dtype=torch.float64).float().to(DEVICE)
-    got = triton_impl.reduce_bias_partials(part, np_rows, n, packed, use_kernel=True)
-    want = triton_impl.reduce_bias_partials(part.cpu(), np_rows, n, packed, use_kernel=False)
-    assert got.shape == (3, n, n) and got.is_contiguous()
+    got = reduce_bias_partials(part, np_rows, packed, use_kernel=True)
+    want = reduce_bias_partials(part.cpu(), np_rows, packed, use_kernel=False)
+    assert got.shape == (3, np_rows, np_rows) and got.is_contiguous()
     torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-5)
+    # the diagonal blocks, summed over chunks, by a loop
+    loop = sum(part[:, :, i * np_rows : (i + 1) * np_rows, i * np_rows : (i + 1) * np_rows]
+               for i in range(packed)).sum(0)  # fmt: skip
+    torch.testing.assert_close(want, loop.cpu(), rtol=1e-6, atol=1e-5)
 
 
 def test_module_passes_pad_kv_only_with_padding(monkeypatch):
@@ -110,7 +119,7 @@ def test_launch_plan_is_pinned_and_the_forward_is_persistent(monkeypatch):
     from triton.runtime.autotuner import Autotuner
 
     launches = []
-    kernel_type = type(triton_impl._fwd_kernel)  # JITFunction, or InterpretedFunction on the CPU
+    kernel_type = type(_fwd_kernel)  # JITFunction, or InterpretedFunction on the CPU
     monkeypatch.setattr(
         kernel_type, "run", lambda self, *a, grid, warmup, **kw: launches.append((self, grid, kw))
     )
@@ -118,11 +127,11 @@ def test_launch_plan_is_pinned_and_the_forward_is_persistent(monkeypatch):
     monkeypatch.delenv("LFVILA_AUTOTUNE", raising=False)
     shape, window, shift, _ = CASES["no-padding"]
     inp = window_attention_inputs((4, *shape[1:]), window, torch.float32, "cpu", pad_kv=False)
-    triton_impl.fwd(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"], None, None, window, shift,
-                    0.25, -100.0)  # fmt: skip
+    bias = gather_table(inp["rel_pos_bias"], window_geometry(shape[1:4], window, shift))
+    triton_impl.fwd(inp["q"], inp["k"], inp["v"], bias, None, None, window, shift, 0.25, -100.0)
     assert len(launches) == 1
     fn, grid, kw = launches[0]
-    assert fn is triton_impl._fwd_kernel
+    assert fn is _fwd_kernel
     assert {kw["num_warps"], kw["num_stages"]} <= {1, 2, 4, 8}
     units = 4 * 2 * 2 * 2 * 32 // 64  # batch x windows x 32 rows / 64-row units
     heads = shape[-2]
@@ -134,24 +143,17 @@ def test_opt_in_autotuned_forward_matches_reference(monkeypatch):
     monkeypatch.setenv("LFVILA_AUTOTUNE", "1")
     shape, window, shift, pad = CASES["fused-pad"]
     inp = window_attention_inputs(shape, window, torch.float32, DEVICE, seed=9, pad_kv=pad)
-
-    def run(g):
-        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
-        args = (window, shift, 16**-0.5, -100.0, "effective")
-        out, lse = triton_impl.fwd(q, k, v, table, *inp["pad_kv"], *args)
-        return out, list(triton_impl.bwd(g, q, k, v, out, lse, table, *inp["pad_kv"], *args))
-
-    check_against_reference(inp, window, shift, "effective", run)
+    check_against_reference(inp, window, shift, "effective", launcher_run(inp, window, shift))
 
 
 def test_autotune_prune_keeps_stages_within_shared_memory():
     """Three key/value stages of fp32 at head_dim 128 would need ~290 KiB (compile report):
     pruned; every config stays for the training dtypes at LF-VILA's head dims."""
-    configs = triton_impl._FWD_CONFIGS
+    configs = FWD_CONFIGS
 
     def kept(dtype, head_dim):
         q = torch.empty(1, 1, 1, 1, 2, head_dim, dtype=dtype)
-        return triton_impl._prune_fwd_configs(configs, {"Q": q}, BLOCK=64)
+        return prune_fwd_configs(configs, {"Q": q}, BLOCK=64)
 
     assert kept(torch.bfloat16, 32) == configs and kept(torch.float16, 64) == configs
     assert [c.num_stages for c in kept(torch.float32, 128)] == [2, 2]
@@ -159,31 +161,31 @@ def test_autotune_prune_keeps_stages_within_shared_memory():
 
 
 def test_backward_launch_counts(monkeypatch):
-    """Fused path: one kernel (+ the table's reduce and fold); two-pass: two (+ the same)."""
+    """Fused path: one kernel; two-pass: two (on CPU tensors the bias partials are summed by
+    torch ops; on a GPU one more launch reduces them)."""
     names = []
-    kernels = {getattr(triton_impl, n): n for n in dir(triton_impl) if n.endswith("_kernel")}
+    kernels = {_bwd_fused_kernel: "fused", _bwd_dq_bias_kernel: "dq_bias", _bwd_dkdv_kernel: "dkdv"}
     monkeypatch.setattr(
-        type(triton_impl._fwd_kernel),
+        type(_fwd_kernel),
         "run",
         lambda self, *a, grid, warmup, **kw: names.append(kernels[self]),
     )
-    for case, expected in (("no-padding", ["_bwd_fused_kernel"]),
-                           ("two-pass", ["_bwd_dq_bias_kernel", "_bwd_dkdv_kernel"])):  # fmt: skip
+    for case, expected in (("no-padding", ["fused"]), ("two-pass", ["dq_bias", "dkdv"])):
         shape, window, shift, _ = CASES[case]
         inp = window_attention_inputs(shape, window, torch.float32, "cpu", pad_kv=False)
-        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
+        q, k, v = inp["q"], inp["k"], inp["v"]
+        bias = gather_table(inp["rel_pos_bias"], window_geometry(shape[1:4], window, shift))
         o, lse = torch.zeros_like(q), torch.zeros(q.shape[:-1])
         names.clear()
-        triton_impl.bwd(o, q, k, v, o, lse, table, None, None, window, shift, 0.25, -100.0)
-        # on CPU tensors the table's partial reduction and fold run as torch ops (index_add_)
+        triton_impl.bwd(o, q, k, v, o, lse, bias, None, None, window, shift, 0.25, -100.0)
         assert names == expected
 
 
 def test_packed_custom_ops_opcheck():
     inp = window_attention_inputs((1, 2, 3, 5, 2, 16), (2, 3, 5), torch.float32, DEVICE, seed=4)
     qkv = torch.stack([inp["q"], inp["k"], inp["v"]], dim=4)
-    args = (qkv, inp["rel_pos_bias"], *inp["pad_kv"], [2, 3, 5], [0, 1, 2], 0.25, -100.0,
-            "effective", "triton")  # fmt: skip
+    bias = gather_table(inp["rel_pos_bias"], window_geometry((2, 3, 5), (2, 3, 5), (0, 1, 2)))
+    args = (qkv, bias, *inp["pad_kv"], [2, 3, 5], [0, 1, 2], 0.25, -100.0, "triton")
     torch.library.opcheck(torch.ops.lfvila.window_attn_fwd_qkv.default, args,
                           test_utils=("test_schema", "test_faketensor"))  # fmt: skip
     out, lse = torch.ops.lfvila.window_attn_fwd_qkv(*args)
@@ -220,16 +222,5 @@ def test_two_pass_backward_tilings(block, chunks, key_split):
     memory across the chunk's windows (3 and 2, or all 5)."""
     window, shift = (4, 3, 7), (0, 1, 3)
     inp = window_attention_inputs((1, 20, 3, 7, 2, 16), window, torch.float32, DEVICE, seed=block)
-
-    def run(g):
-        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
-        k_pad, v_pad = inp["pad_kv"]
-        args = (window, shift, 16**-0.5, -100.0, "effective")
-        out, lse = triton_impl.fwd(q, k, v, table, k_pad, v_pad, *args, block=block)
-        gs = triton_impl.bwd(
-            g, q, k, v, out, lse, table, k_pad, v_pad, *args, block=block, chunks=chunks,
-            key_split=key_split,
-        )  # fmt: skip
-        return out, list(gs)
-
+    run = launcher_run(inp, window, shift, block=block, chunks=chunks, key_split=key_split)
     check_against_reference(inp, window, shift, "effective", run)

@@ -11,10 +11,12 @@ import torch
 
 from lfvila.kernels import window_attention
 from lfvila.kernels.testing import guarded, window_attention_inputs
-from lfvila.kernels.window_attn import triton_impl
+from lfvila.kernels.window_attn.bias import fold_on_cpu, gather_table
+from lfvila.kernels.window_attn.geometry import window_geometry
+from lfvila.kernels.window_attn.triton_bias import dense_to_table
 
 from ..helpers import grads, leaves
-from .window_checks import check_against_reference, public_api_run
+from .window_checks import check_against_reference, launcher_run, public_api_run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -60,17 +62,7 @@ def test_window_attention_triton_matches_reference(case, dtype):
 def test_window_attention_triton_tilings(block, chunks, window, shift):
     """Force block sizes and chunk counts that default heuristics would not pick."""
     inp = window_attention_inputs((1, 4, 6, 5, 2, 16), window, torch.float32, DEVICE, seed=block)
-
-    def run(g):
-        q, k, v, table = inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"]
-        k_pad, v_pad = inp["pad_kv"]
-        args = (window, shift, 16**-0.5, -100.0, "effective")
-        out, lse = triton_impl.fwd(q, k, v, table, k_pad, v_pad, *args, block=block)
-        gs = triton_impl.bwd(
-            g, q, k, v, out, lse, table, k_pad, v_pad, *args, block=block, chunks=chunks
-        )
-        return out, list(gs)
-
+    run = launcher_run(inp, window, shift, block=block, chunks=chunks)
     check_against_reference(inp, window, shift, "effective", run)
 
 
@@ -109,19 +101,10 @@ def test_window_attention_triton_backward_deterministic(case):
 
 def test_window_attention_triton_custom_op_opcheck():
     inp = window_attention_inputs((1, 2, 3, 5, 2, 16), (2, 3, 5), torch.float32, DEVICE, seed=4)
-    args = (
-        inp["q"],
-        inp["k"],
-        inp["v"],
-        inp["rel_pos_bias"],
-        *inp["pad_kv"],
-        [2, 3, 5],
-        [0, 1, 2],
-        0.25,
-        -100.0,
-        "effective",
-        "triton",
-    )
+    geom = window_geometry((2, 3, 5), (2, 3, 5), (0, 1, 2))
+    bias = gather_table(inp["rel_pos_bias"], geom)
+    args = (inp["q"], inp["k"], inp["v"], bias, *inp["pad_kv"], [2, 3, 5], [0, 1, 2], 0.25,
+            -100.0, "triton")  # fmt: skip
     torch.library.opcheck(
         torch.ops.lfvila.window_attn_fwd.default,
         args,
@@ -134,6 +117,19 @@ def test_window_attention_triton_custom_op_opcheck():
         bwd_args,
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+def test_bias_table_custom_ops_opcheck():
+    """The table's gather into the dense operand and the fold of its gradient, as torch ops."""
+    table = torch.randn(135, 3, device=DEVICE)
+    spec = ([2, 3, 6], [2, 3, 5], [0, 1, 2], "effective")
+    torch.library.opcheck(torch.ops.lfvila.window_bias_gather.default, (table, *spec),
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
+    dense = torch.ops.lfvila.window_bias_gather(table, *spec)
+    assert dense.shape == (3, 32, 32)
+    torch.library.opcheck(torch.ops.lfvila.window_bias_fold.default,
+                          (torch.randn_like(dense), *spec, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
 
 
 def test_window_attention_triton_compiles_without_graph_break():
@@ -156,13 +152,16 @@ def test_window_attention_triton_compiles_without_graph_break():
 
 @pytest.mark.parametrize("window, clamped", [((2, 3, 5), "effective"), ((4, 3, 5), "legacy")])
 def test_fold_bias_kernel_matches_index_add(window, clamped):
-    """The GPU's deterministic table fold (run here under the interpreter) vs index_add_."""
-    from lfvila.kernels.window_attn.geometry import window_geometry
-
+    """The GPU's deterministic table fold (run here under the interpreter) vs index_add_, from
+    the padded (heads, NP, NP) gradient whose padding lanes must not count."""
     geom = window_geometry((3, 4, 4), window, (0, 1, 0), clamped)
-    n = geom.tokens
-    dense = torch.randn(3, n, n, dtype=torch.float64).float().to(DEVICE)
-    folded = triton_impl.dense_to_table(dense, geom, use_kernel=True)
-    expected = triton_impl.dense_to_table(dense.cpu(), geom, use_kernel=False)
+    np_rows = geom.padded_tokens
+    dense = torch.randn(3, np_rows, np_rows, dtype=torch.float64).float().to(DEVICE)
+    folded = dense_to_table(dense, geom)
+    expected = fold_on_cpu(dense.cpu(), geom)
     torch.testing.assert_close(folded.cpu(), expected, rtol=1e-6, atol=1e-6)
     assert folded.shape == (geom.table_rows, 3)
+    # the padding lanes carry no gradient into the table
+    dense[:, geom.tokens :, :] = 1e6
+    dense[:, :, geom.tokens :] = 1e6
+    torch.testing.assert_close(dense_to_table(dense, geom).cpu(), expected, rtol=1e-6, atol=1e-6)
