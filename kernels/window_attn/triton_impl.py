@@ -36,7 +36,7 @@ import triton
 from .._buffers import alloc
 from .._triton_utils import PROGRAMS_PER_SM, dot_precision, parallel_target
 from .geometry import WindowGeometry, window_geometry
-from .triton_bias import reduce_bias_partials
+from . import triton_bias
 from .triton_bwd_fused import _bwd_fused_kernel
 from .triton_bwd_two_pass import (
     DQ_KEYS_PER_PART,
@@ -283,7 +283,7 @@ def bwd(
             packed = 1
     dbias = dk_pad = dv_pad = None
     if has_bias:
-        dbias = reduce_bias_partials(db_part, np_rows, packed)  # (heads, NP, NP) fp32
+        dbias = triton_bias.reduce_bias_partials(db_part, np_rows, packed)  # (heads, NP, NP)
         if bias.shape[0] == 1 and heads > 1:
             dbias = dbias.sum(0, keepdim=True)  # broadcast bias: a fixed-order sum over heads
         dbias = dbias.to(bias.dtype)

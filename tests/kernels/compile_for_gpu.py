@@ -20,15 +20,19 @@ compiles each recorded launch for sm_90a the way the Triton runtime would at tha
 - autotuned kernels: every config the autotuner's prune keeps for that launch (the one that
   wins on a GPU is not known here);
 - registers and spill bytes from the `ptxas -v` log of Triton's own ptxas run (the same
-  invocation as at runtime); shared memory from the compiled kernel's metadata.
+  invocation as at runtime); shared memory from the compiled kernel's metadata;
+- the width of every global load (`ld.global` and `cp.async` instructions in the LLVM IR, each
+  attributed to its source line through the debug locations): per variant a histogram, the
+  width of the bias-tile loads (a bias tile that loads in pieces narrower than 8 bytes would be
+  a scalar gather: it fails), and after the table every load site with the widths it takes.
 
 It compiles with whichever Triton it imports: the CI pin (3.8) from the venv, or the GPU image's
 3.6 from the side folder `make venv` installs (`PYTHONPATH=.venv/triton-3.6 python ...`); the
 report names the version and its ptxas. `make test` runs the CI subset under both.
 
 A variant fails when ptxas reports spill stores or loads, when it needs more than sm_90's 227 KiB
-(232448 B) of shared memory per block, when it does not compile, or when some `*_kernel` of a
-kernel module is reached by no case. Run it WITHOUT TRITON_INTERPRET:
+(232448 B) of shared memory per block, when its bias tile loads narrower than 8 bytes, when it
+does not compile, or when some `*_kernel` of a kernel module is reached by no case. Run it WITHOUT TRITON_INTERPRET:
 
     python tests/kernels/compile_for_gpu.py [--subset all|ci] [--report PATH] [--jobs N]
                                             [--batches 1-16] [--autotune] [--list] [case ...]
@@ -74,15 +78,24 @@ from triton.runtime.jit import JITFunction, create_function_from_signature  # no
 from lfvila.kernels import _triton_utils, window_attention, window_attention_qkv  # noqa: E402
 from lfvila.kernels.contrastive import triton_impl as contrastive_impl  # noqa: E402
 from lfvila.kernels.contrastive.reference import sample_mtc_indices  # noqa: E402
+from lfvila.kernels.window_attn import bias as attn_bias  # noqa: E402
 from lfvila.kernels.window_attn import dispatch as attn_dispatch  # noqa: E402
 from lfvila.kernels.window_attn import function as attn_function  # noqa: E402
-from lfvila.kernels.window_attn import triton_impl as attn_impl  # noqa: E402
+from lfvila.kernels.window_attn import (  # noqa: E402
+    triton_bias,
+    triton_bwd_fused,
+    triton_bwd_two_pass,
+    triton_fwd,
+    triton_rows,
+)
 from lfvila.kernels.window_attn.geometry import window_geometry  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 GPU_SMS = 132  # H100 / H200 SXM
 MAX_SHARED = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
-KERNEL_MODULES = (attn_impl, contrastive_impl)
+KERNEL_MODULES = (triton_fwd, triton_bwd_fused, triton_bwd_two_pass, triton_bias, contrastive_impl)
+# Loads narrower than this in the bias tile would mean a gather, not a tile (fails the check).
+MIN_BIAS_LOAD_BYTES = 8
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 DTYPE_NAMES = {BF16: "bf16", FP16: "fp16", FP32: "fp32"}
 
@@ -102,7 +115,7 @@ class AttnCase:
     dtype: torch.dtype
     path: str = "module"
     pad_kv: bool = True  # functional only: pass pad vectors (else padding keys are masked)
-    bias: bool = True  # functional only
+    bias: str = "table"  # functional only: "table", "dense", "dense-broadcast" (in dtype), "none"
     clamped: str = "effective"  # functional only
     batch: int | None = None  # None: every batch of --batches; else only this one
 
@@ -143,9 +156,17 @@ def _attn_cases() -> dict[str, AttnCase]:
         (3, 4, 4), 2, 128, (4, 3, 5), (2, 1, 2), FP32, "functional", clamped="legacy", batch=1
     )
     cases["no-bias-d16"] = AttnCase(
-        (5, 6, 7), 2, 16, (1, 2, 3), (0, 1, 1), BF16, "functional", bias=False, batch=1
+        (5, 6, 7), 2, 16, (1, 2, 3), (0, 1, 1), BF16, "functional", bias="none", batch=1
     )  # fmt: skip
     cases["pad-module-bf16-d32"] = AttnCase((9, 7, 11), 4, 32, (4, 3, 5), (1, 1, 2), BF16)
+    # a user's dense bias in the inputs' dtype (Swin-V2's CPB, ALiBi-like terms): per head at
+    # L0 (packed windows, the fused backward) and broadcast over heads at L3 (two passes)
+    for name, layer, kind in (("L0", "L0", "dense"), ("L3", "L3", "dense-broadcast")):
+        size, heads, window = LAYERS[layer]
+        for dtype in (BF16, FP16):
+            cases[f"{name}-shift-{kind}-{DTYPE_NAMES[dtype]}-d32"] = AttnCase(
+                size, heads, 32, window, LF_SHIFT, dtype, "functional", pad_kv=False, bias=kind
+            )  # fmt: skip
     return cases
 
 
@@ -165,8 +186,8 @@ BATCHES = tuple(range(1, 17))  # LF-VILA's per-GPU batch is 16; smaller ones in 
 CI_CASES = [
     "L0-shift-bf16-d32", "L1-shift-bf16-d32", "L2-shift-bf16-d32", "L3-shift-bf16-d32",
     "L5-bf16-d32", "vswin8x7x7-shift-bf16-d32", "vswin8x7x7-shift-fp16-d64",
-    "pad-masked-fp16-d64", "legacy-fp32-d128",
-    "no-bias-d16", "pad-module-bf16-d32", *LOSS_CASES,
+    "pad-masked-fp16-d64", "legacy-fp32-d128", "no-bias-d16", "pad-module-bf16-d32",
+    "L0-shift-dense-bf16-d32", "L3-shift-dense-broadcast-fp16-d32", *LOSS_CASES,
 ]  # fmt: skip
 
 
@@ -218,6 +239,11 @@ def _gpu_launch_settings() -> None:
     tensors to their fake implementations)."""
     _triton_utils.device_sms = lambda device: GPU_SMS
     attn_function.USE_TORCH_OPS = False
+    attn_bias.USE_TORCH_OPS = False
+    # the table's fold: on meta tensors `fold_table` would take the CPU's index_add_
+    attn_bias.fold_table = lambda grad, geom, dtype: triton_bias.dense_to_table(
+        grad.float(), geom
+    ).to(dtype)
     for module in KERNEL_MODULES:
         for name, obj in list(vars(module).items()):
             if inspect.isfunction(obj) and "use_kernel" in inspect.signature(obj).parameters:
@@ -242,7 +268,11 @@ def _run_attn(c: AttnCase, batch: int) -> None:
     def empty(*size, dtype=torch.float32):
         return torch.empty(size, dtype=dtype, device=meta, requires_grad=True)
 
-    table = empty(rows, c.heads) if c.bias else None
+    table = empty(rows, c.heads) if c.bias == "table" else None
+    dense = None
+    if c.bias.startswith("dense"):
+        n = window_geometry(c.size, c.window, c.shift).tokens
+        dense = empty(c.heads if c.bias == "dense" else 1, n, n, dtype=c.dtype)
     if c.path == "module":  # attention_block's GPU route under autocast
         padded = window_geometry(c.size, c.window, c.shift).has_padding
         pad = (empty(c.heads, c.head_dim), empty(c.heads, c.head_dim)) if padded else None
@@ -253,7 +283,7 @@ def _run_attn(c: AttnCase, batch: int) -> None:
         pad = (empty(c.heads, c.head_dim, dtype=c.dtype),) * 2 if c.pad_kv else None
         out = window_attention(
             q, k, v, c.window, c.shift, table, None, pad, backend="triton",
-            clamped_index=c.clamped,
+            clamped_index=c.clamped, attn_bias=dense,
         )  # fmt: skip
     out.float().sum().backward()  # values do not matter: no kernel runs
 
@@ -371,7 +401,78 @@ def compile_variant(index: int) -> dict:
         if match is None:
             return dict(error=f"no '{name}' in the ptxas log (cached compile?)")
         usage[name] = int(match.group(1))
-    return dict(usage, shared=kernel.metadata.shared, seconds=seconds)
+    loads = global_loads(kernel.asm["llir"])
+    return dict(usage, shared=kernel.metadata.shared, seconds=seconds, loads=loads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Global loads: every `ld.global` / `cp.async` of the LLVM IR (inline PTX) with its width in
+# bytes, attributed to the innermost source line of its debug location (inlined helpers included).
+
+_DI_FILE = re.compile(r'^!(\d+) = !DIFile\(filename: "([^"]+)"')
+_DI_SCOPE = re.compile(r"^!(\d+) = (?:distinct )?!DI(?:Subprogram|LexicalBlock\w*)\((.*)\)")
+_DI_LOC = re.compile(r"^!(\d+) = !DILocation\(line: (\d+).*?scope: !(\d+)")
+_LD = re.compile(r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.(?:b|u|s|f)(\d+)")
+_CP = re.compile(r"cp\.async\.c[ag]\.shared\.global \[[^]]*\], \[[^]]*\], (0x[0-9a-fA-F]+|\d+)")
+
+
+def global_loads(llir: str) -> dict[tuple[str, int], dict[int, int]]:
+    """{(file name, line): {width in bytes: instruction count}} of one compiled kernel."""
+    files, scope_file, locs = {}, {}, {}
+    for line in llir.splitlines():
+        if m := _DI_FILE.match(line):
+            files[m.group(1)] = m.group(2)
+        elif m := _DI_SCOPE.match(line):
+            f = re.search(r"file: !(\d+)", m.group(2))
+            scope_file[m.group(1)] = f.group(1) if f else None
+        elif m := _DI_LOC.match(line):
+            locs[m.group(1)] = (int(m.group(2)), m.group(3))
+    sites: dict[tuple[str, int], dict[int, int]] = {}
+    for line in llir.splitlines():
+        if "asm" not in line or "!dbg" not in line:
+            continue
+        asm = line.split('"')[1] if '"' in line else ""
+        width = None
+        if m := _LD.search(asm):
+            width = int(m.group(1) or 1) * int(m.group(2)) // 8
+        elif m := _CP.search(asm):
+            width = int(m.group(1), 0)
+        if width is None:
+            continue
+        dbg = re.search(r"!dbg !(\d+)", line).group(1)
+        lineno, scope = locs.get(dbg, (0, None))
+        name = files.get(scope_file.get(scope), "?")
+        counts = sites.setdefault((name, lineno), {})
+        counts[width] = counts.get(width, 0) + 1
+    return sites
+
+
+def _bias_tile_site() -> tuple[str, int]:
+    """(file, line) of the bias tile's `tl.load` in triton_rows.bias_tile."""
+    lines, first = inspect.getsourcelines(triton_rows.bias_tile.fn)
+    for offset, text in enumerate(lines):
+        if "tl.load(" in text:
+            return os.path.basename(triton_rows.__file__), first + offset
+    raise RuntimeError("no tl.load in bias_tile")
+
+
+BIAS_TILE_SITE = _bias_tile_site()
+
+
+def _widths(counts: dict[int, int]) -> str:
+    """{16: 8, 4: 2} -> '16Bx8 4Bx2'."""
+    return " ".join(f"{w}Bx{n}" for w, n in sorted(counts.items(), reverse=True))
+
+
+def _load_summary(loads: dict) -> tuple[str, str, bool]:
+    """(all global loads by width, the bias tile's widths, whether the bias tile is a gather)."""
+    total: dict[int, int] = {}
+    for counts in loads.values():
+        for w, n in counts.items():
+            total[w] = total.get(w, 0) + n
+    bias = loads.get(BIAS_TILE_SITE, {})
+    gather = any(w < MIN_BIAS_LOAD_BYTES for w in bias)
+    return _widths(total), (_widths(bias) if bias else "-"), gather
 
 
 def compile_all(found: list[Variant], jobs: int) -> list[dict]:
@@ -475,6 +576,8 @@ def _status(r: dict, cases: list[str], spills_fail: bool = True) -> tuple[list[s
             problems.append("SPILL")
     if r["shared"] > MAX_SHARED:
         problems.append("SHARED > 227 KiB")
+    if _load_summary(r["loads"])[2]:
+        problems.append(f"BIAS TILE LOADS < {MIN_BIAS_LOAD_BYTES} B (a gather)")
     return problems, notes
 
 
@@ -491,8 +594,8 @@ def report(
         "process(es).",
         "",
         "| kernel | cases | config | registers | spill st/ld (B) | stack (B) | shared (B) | "
-        "compile (s) | status |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "global loads (width x count) | bias tile | compile (s) | status |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---:|---|",
     ]
     order = sorted(range(len(found)), key=lambda i: (found[i].fn.__name__, found[i].cases[0]))
     for i in order:
@@ -502,32 +605,68 @@ def report(
         reported_spills += bool(notes)
         status = "; ".join(problems + notes) or "ok"
         if "error" in r:
-            cells = ["", "", "", "", ""]
+            cells = ["", "", "", "", "", "", ""]
         else:
+            widths, bias_widths, _ = _load_summary(r["loads"])
             cells = [
                 str(r["registers"]),
                 f"{r['spill_stores']}/{r['spill_loads']}",
                 str(r["stack"]),
                 str(r["shared"]),
+                widths,
+                bias_widths,
                 f"{r['seconds']:.1f}",
             ]
         lines.append(
             f"| {v.fn.__name__} | {_cases(v.cases)} | {_config(v)} | " + " | ".join(cells)
             + f" | {status} |"
         )  # fmt: skip
-    lines.append("")
+    lines += ["", *_load_sites(found, results), ""]
     if missing:
         failures += len(missing)
         lines.append(f"NOT COMPILED by any case: {', '.join(sorted(missing))}.")
     lines.append(
         f"{failures} failing variant(s) of {len(found)} (spills, shared memory over "
-        f"{MAX_SHARED} B, compile errors, kernels no case reaches)."
+        f"{MAX_SHARED} B, bias tiles gathered, compile errors, kernels no case reaches)."
         if failures
         else f"All {len(found)} variants compile within {MAX_SHARED} B of shared memory"
+        + f", bias tiles in loads of at least {MIN_BIAS_LOAD_BYTES} B"
         + (", fp16/bf16 without spills" if spills_fail else "")
         + f"; variants that spill, reported, not failed: {reported_spills}."
     )
     return "\n".join(lines) + "\n", failures
+
+
+def _load_sites(found, results) -> list[str]:
+    """Every global-load site of every kernel with the widths its variants compile it to."""
+    sites: dict[tuple[str, tuple[str, int]], dict[int, int]] = {}
+    for v, r in zip(found, results):
+        for site, counts in r.get("loads", {}).items():
+            merged = sites.setdefault((v.fn.__name__, site), {})
+            for w in counts:
+                merged[w] = merged.get(w, 0) + 1  # variants that load this site at width w
+    lines = [
+        "Global-load sites (source line of each `ld.global` / `cp.async`, widths in bytes, and in "
+        "how many of the kernel's variants); the bias tile is "
+        f"`{BIAS_TILE_SITE[0]}:{BIAS_TILE_SITE[1]}`:",
+        "",
+        "| kernel | site | source | widths (variants) |",
+        "|---|---|---|---|",
+    ]
+    for (kernel, (name, line)), counts in sorted(sites.items()):
+        text = _source_line(name, line).replace("|", "/")
+        widths = " ".join(f"{w}B ({n})" for w, n in sorted(counts.items(), reverse=True))
+        lines.append(f"| {kernel} | {name}:{line} | `{text}` | {widths} |")
+    return lines
+
+
+def _source_line(name: str, line: int) -> str:
+    for module in (*KERNEL_MODULES, triton_rows):
+        if os.path.basename(module.__file__) == name:
+            with open(module.__file__) as f:
+                source = f.read().splitlines()
+            return source[line - 1].strip()[:90] if 0 < line <= len(source) else "?"
+    return "?"
 
 
 def _relative(path: str) -> str:
