@@ -79,18 +79,28 @@ def layout_constants(geom: WindowGeometry, head_dim: int) -> dict:
     )
 
 
-def bwd_launch(block: int, head_dim: int, dtype: torch.dtype) -> dict:
-    """Pinned backward launch settings, no autotuning: the config must not change run to run.
+def bwd_launch(
+    block: int, head_dim: int, dtype: torch.dtype, np_rows: int, has_pad: bool = False
+) -> dict:
+    """Pinned launch settings of the fused backward (np_rows <= block) and of the dk/dv pass,
+    no autotuning: the config must not change run to run. From the sm_90a compile report under
+    Triton 3.8 and 3.6 (BENCHMARKS.md):
 
-    Wider heads carry four (BLOCK, D) operand tiles: 8 warps keep them in registers. Pipeline
-    stages hold those four tiles each; cap them so the kernel fits Hopper's 227 KiB of shared
-    memory (fp32 at head_dim 128 would need 384 KiB with three stages).
+    - wider heads carry four (BLOCK, D) operand tiles: 8 warps keep them in registers;
+    - pipeline stages hold those four tiles each; capped so the kernel fits Hopper's 227 KiB of
+      shared memory (fp32 at head_dim 128 would need 384 KiB with three stages);
+    - the fused backward with pad vectors (padded maps) holds the pad path's tiles beside the
+      program's bias tile and its bias-gradient sum: 4 warps spill there, 8 unpipelined do not;
+    - the dk/dv pass over 512-row windows at head_dim >= 64 spills with two stages, not one.
     """
     stage_bytes = 4 * block * head_dim * torch.tensor([], dtype=dtype).element_size()
-    return dict(
-        num_warps=4 if head_dim <= 32 and dtype != torch.float32 else 8,
-        num_stages=max(1, min(2, (128 * 1024) // stage_bytes)),
-    )
+    warps = 4 if head_dim <= 32 and dtype != torch.float32 else 8
+    stages = max(1, min(2, (128 * 1024) // stage_bytes))
+    if np_rows <= block and has_pad:
+        warps, stages = 8, 1
+    if np_rows > block and np_rows >= 512 and head_dim >= 64:
+        stages = 1
+    return dict(num_warps=warps, num_stages=stages)
 
 
 def dq_block(np_rows: int, block: int) -> int:
@@ -116,13 +126,12 @@ def dq_key_split(np_rows: int, head_dim: int, shifted: bool) -> int:
 
 def dq_bias_launch(block_q: int, np_rows: int, head_dim: int, parts: int) -> dict:
     """The dq/bias pass holds (BLOCK_Q, keys) fp32 tiles (scores, bias, dP, dS, the bias-gradient
-    sum) and the keys and values of a window (or of a part of one); past NP = 128 it needs 8
-    warps to stay out of spills. With key parts, an explicit register ceiling: left to itself
-    ptxas squeezes that variant into 128 registers (two blocks per SM) and spills; with 192 it
-    does not."""
-    return dict(
-        num_warps=4 if np_rows <= 128 else 8, num_stages=1, maxnreg=192 if parts > 1 else None
-    )
+    sum) and the keys and values of a window (or of a part of one); past NP = 128, or at head
+    dims over 32, it needs 8 warps to stay out of spills. Then an explicit register ceiling at
+    the hardware's 255: left to itself ptxas squeezes some of these variants into 128 registers
+    (two blocks per SM) and spills (compile report, BENCHMARKS.md)."""
+    warps = 4 if np_rows <= 128 and head_dim <= 32 else 8
+    return dict(num_warps=warps, num_stages=1, maxnreg=255 if warps == 8 else None)
 
 
 def _programs(
@@ -257,7 +266,7 @@ def bwd(
             _bwd_fused_kernel[(heads, n_chunks)](
                 q, k, v, *side, do, o, lse, dq, dk, dv, db_part, pad_part, *strides,
                 total_windows, heads, per_chunk, *scalars, BLOCK=blk, **flags,
-                **bwd_launch(blk, D, q.dtype),
+                **bwd_launch(blk, D, q.dtype, np_rows, has_pad),
             )  # fmt: skip
             packed = blk // np_rows
         else:
@@ -278,7 +287,7 @@ def bwd(
             pad_part = alloc((total_windows * nj, 2, heads, D), **f32) if has_pad else q
             _bwd_dkdv_kernel[(heads, total_windows * nj)](
                 q, k, v, *side, do, lse, delta, dk, dv, pad_part, *strides, total_windows, heads,
-                *scalars, BLOCK=blk, NJ=nj, **flags, **bwd_launch(blk, D, q.dtype),
+                *scalars, BLOCK=blk, NJ=nj, **flags, **bwd_launch(blk, D, q.dtype, np_rows),
             )  # fmt: skip
             packed = 1
     dbias = dk_pad = dv_pad = None

@@ -12,6 +12,7 @@ import torch
 
 from lfvila.kernels import WindowAttention3D, patch_torchvision_swin3d, window_attention
 from lfvila.kernels.testing import assert_error_ratio, guarded, no_tf32, window_attention_inputs
+from lfvila.kernels.window_attn.geometry import window_geometry
 from lfvila.shapes import LFVILA_LAYERS, VIDEO_SWIN_LAYERS
 
 from ..helpers import grads, leaves
@@ -34,6 +35,25 @@ def test_window_attention_gpu_full_shapes(name, shifted, dtype):
     check_against_reference(
         inp, spec.window, shift, "effective", public_api_run(inp, spec.window, shift, "effective")
     )
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("kind", ["dense", "dense-broadcast"])
+@pytest.mark.parametrize("name", ["L0", "L1", "L2", "L3", "L5", "VS-8x7x7", "VS-2x7x7"])
+def test_window_attention_gpu_dense_bias(name, kind, batch):
+    """A user's dense bias in bf16 (Swin-V2's CPB and the like), shifted where the layer is, at
+    batch 1 (every loop once: ints equal to 1 compile as constants) and 16 (training's trips)."""
+    spec = LAYERS[name]
+    shape = (batch, *spec.map_size, spec.heads, spec.head_dim)
+    inp = window_attention_inputs(shape, spec.window, torch.bfloat16, "cuda", seed=7, pad_kv=False)
+    n = window_geometry(spec.map_size, spec.window, spec.shift).tokens
+    heads = spec.heads if kind == "dense" else 1
+    dense = torch.randn(heads, n, n, generator=torch.Generator().manual_seed(8))
+    inp = dict(inp, rel_pos_bias=None, attn_bias=dense.to("cuda", torch.bfloat16))
+    check_against_reference(
+        inp, spec.window, spec.shift, "effective",
+        public_api_run(inp, spec.window, spec.shift, "effective"),
+    )  # fmt: skip
 
 
 AWKWARD = {
