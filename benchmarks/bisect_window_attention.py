@@ -7,34 +7,71 @@ fp32, or fp64 for fp32 inputs), and prints one table:
 
     case x variant -> "ok", or the worst tensor and its error as a multiple of the bound,
                       "ND" when two identical runs differ in a bit (a race or an uninitialised
-                      read), "ERR" when the run raised
+                      read), "ERR" when the run raised, "TIMEOUT" when `--time-limit` ran out
+                      first, "no toolkit ptxas" when the machine has none
 
 Columns checked: out, lse (the forward's saved log-sum-exp against the reference logsumexp: the
 statistics the backward recomputes P from), dq, dk, dv, dtable (dk_pad, dv_pad where padded).
+The kernels run through their launchers (`triton_impl.fwd`, `triton_impl.bwd`, the table gathered
+into the dense bias and its gradient folded back as the public path does), never through the
+public API: its first-call self-check would send a wrong signature to the reference.
 
-Variants (each patches `triton_impl` for its run only):
-    baseline    as shipped
-    one-unit    one unit (forward) / one unit or window (backward) per program: no loop runs
-                more than once, so nothing carries from one iteration to the next
-    stages1     num_stages=1 for every launch: no software pipelining of any loop
-    warps       the other warp count (4 <-> 8) for every launch
-    nan-scratch every launcher buffer starts as NaN: an element read before it is written shows
-    mask0       mask_value 0 (shift regions not masked; the kernel's shift path still runs)
-    no-bias     no bias table (the path reported right on the GPU)
+Variants (each patches `triton_impl` for its run only, or runs its own process):
+    baseline      as shipped
+    one-unit      one unit (forward) / one unit or window (backward) per program: no loop runs
+                  more than once, so nothing carries from one iteration to the next
+    stages1       num_stages=1 for every launch: no software pipelining of any loop
+    warps         the other warp count (4 <-> 8) for every launch
+    nan-scratch   every launcher buffer starts as NaN: an element read before it is written shows
+    mask0         mask_value 0 (shift regions not masked; the kernel's shift path still runs)
+    no-bias       no bias table (the path reported right on the GPU)
+    toolkit-ptxas the machine's CUDA-toolkit ptxas instead of Triton's bundled one
+                  (TRITON_PTXAS_PATH and TRITON_PTXAS_BLACKWELL_PATH; found on PATH, in
+                  $CUDA_HOME/bin or /usr/local/cuda/bin), with a fresh TRITON_CACHE_DIR so every
+                  kernel really recompiles; always in its own process (also with --jobs 1 and in
+                  --smoke, where the interpreter runs and no ptxas does: the plumbing is tested)
+    no-int-spec   the window-attention kernels re-wrapped with `triton.jit(kernel.fn,
+                  do_not_specialize=[...])` over their integer arguments (strides s_*, g_*;
+                  total_windows, units, units_per_program, units_per_chunk, heads): one binary
+                  whatever the batch, no "== 1" or "% 16" specialisation (PERF.md: at a trip
+                  count of 1 the loop disappears). The bias reductions and the opt-in autotuned
+                  forward are not re-wrapped.
+
+The notes under the table name both ptxas binaries and their versions (`ptxas --version`) and
+the one the toolkit-ptxas process's Triton resolved (Triton silently falls back to its own when
+TRITON_PTXAS_PATH does not run).
+
+Two-pass delta: for cases whose windows take the two-pass backward (NP > 64: L2-L5, VS-2x7x7),
+pass 1's delta (rowsum(dO * O), fp32, written for pass 2; `triton_impl.bwd(..., scratch=dict)`
+exposes it) is compared with the same sum by torch in fp32 from the kernel's own O: a second
+table, max |difference| as a multiple of D * 2**-24 * rowsum|dO * O| per row.
+
+Row map: for the first failing baseline cell (and every failing cell, or the cells named, with
+`--rowmap`), each (token, head) row of out, lse, dq, dk, dv (and delta) whose error is over its
+tensor's bound is mapped to (batch, window, position in the window, shift region, whether the
+window spans more than one shift region: a region boundary) and to the loop trip that produced
+it: the persistent forward's unit loop, the fused backward's chunk loop, the dq pass's window
+loop (the dk/dv pass has no such loop: its key block instead), from the launch arguments the
+launchers themselves computed (recorded per launch). Summarised per tensor (rows over bound by
+trip, boundary against interior windows, by region and head, the top windows) and appended to
+bisect_table.md (no extra file: a device call brings back at most 8).
 
 On a GPU each variant runs in its own process (Triton compiles on the host's cores in parallel);
-a case whose variant raises is reported as ERR and the rest go on. With `--sanitizer` one fused
-forward + backward of the first case at batch 1 runs under compute-sanitizer's racecheck,
-synccheck and initcheck at the same time (each in its own process, all within
-`--sanitizer-timeout` seconds of the start): their summaries join the table. The launch
-parameters of every kernel launch (grid, units per program or chunk, warps, stages) are logged
-per case: whether the trip count matters is answerable from the log alone.
+a case whose variant raises is reported as ERR and the rest go on. Workers write their cells
+after every case, so `--time-limit` (seconds from the start; the workers still running then are
+killed) leaves a table with the cells that finished. With `--sanitizer` one fused forward +
+backward of the first case at batch 1 runs under compute-sanitizer's racecheck, synccheck and
+initcheck at the same time (each in its own process, all within `--sanitizer-timeout` seconds of
+the start): their summaries join the table. The launch parameters of every kernel launch (grid,
+units per program or chunk, warps, stages) are logged per case: whether the trip count matters
+is answerable from the log alone.
 
     python benchmarks/bisect_window_attention.py [--cases L0-shift,...] [--variants ...]
-        [--batch 2] [--sanitizer] [--out DIR]
+        [--batch 2] [--sanitizer] [--time-limit S] [--rowmap [all|CASE/VARIANT,...]] [--out DIR]
     python benchmarks/bisect_window_attention.py --smoke     CPU: interpreter, tiny shapes
 
-Exit status 0 when the script ran (whatever the table says), 1 when it could not run at all.
+Runs standalone on a bare GPU image (imports lfvila, never `benchmarks`). Exit status 0 when the
+script ran (whatever the table says), 1 when it could not run at all.
 """
 
 from __future__ import annotations
@@ -42,11 +79,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -54,15 +95,24 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from lfvila.kernels import window_attention  # noqa: E402
+import triton  # noqa: E402
+
 from lfvila.kernels._buffers import poisoned_buffers  # noqa: E402
 from lfvila.kernels.testing import error_report, no_tf32, window_attention_inputs  # noqa: E402
-from lfvila.kernels.window_attn import triton_impl, window_attention_lse_ref  # noqa: E402
+from lfvila.kernels.window_attn import (  # noqa: E402
+    triton_impl,
+    window_attention_lse_ref,
+    window_attention_ref,
+)
+from lfvila.kernels.window_attn.bias import fold_table, gather_table  # noqa: E402
+from lfvila.kernels.window_attn.geometry import WindowGeometry, window_geometry  # noqa: E402
+from lfvila.kernels.window_attn.reference import window_slots  # noqa: E402
 from lfvila.shapes import AttentionLayer, layer  # noqa: E402
 
 OUTPUT = dict(ratio=2.0, floor=1e-5)
 GRADIENT = dict(ratio=3.0, floor=1e-4)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+KERNEL_PACKAGE = triton_impl.__name__.rsplit(".", 1)[0]  # lfvila.kernels.window_attn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +124,9 @@ class Case:
     shift: tuple[int, int, int]
     dtype: torch.dtype
     table_dtype: torch.dtype
+
+    def geometry(self) -> WindowGeometry:
+        return window_geometry(self.spec.map_size, self.spec.window, self.shift)
 
 
 def parse_case(text: str) -> Case:
@@ -144,6 +197,53 @@ def _one_unit():
     return _patched(triton_impl, "_programs", lambda units, *args, **kwargs: units)
 
 
+# no-int-spec: the kernels triton_impl launches, as shipped (read at import, before any patch)
+NO_INT_SPEC_KERNELS = (
+    "_fwd_kernel", "_bwd_fused_kernel", "_bwd_dq_bias_kernel", "_bwd_dkdv_kernel",
+)  # fmt: skip
+_SHIPPED_KERNELS = {name: getattr(triton_impl, name) for name in NO_INT_SPEC_KERNELS}
+INT_COUNTS = ("total_windows", "units", "units_per_program", "units_per_chunk", "heads", "chunks")
+_REWRAPPED: dict[str, tuple[object, list[str]]] = {}
+
+
+def int_arguments(kernel) -> list[str]:
+    """A kernel's non-constexpr integer arguments by name: strides (s_*, g_*) and counts."""
+    fn = getattr(kernel, "fn", kernel)  # JITFunction and InterpretedFunction keep the function
+    return [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if "constexpr" not in str(p.annotation)
+        and (p.name.startswith(("s_", "g_")) or p.name in INT_COUNTS)
+    ]
+
+
+def no_int_spec_kernels() -> dict[str, tuple[object, list[str]]]:
+    """{triton_impl name: (the shipped kernel re-wrapped with do_not_specialize over its integer
+    arguments, those names)}, built once (a JITFunction caches its compiled binaries).
+    `triton.jit(fn, do_not_specialize=...)` takes names in triton 3.6 and 3.8; under
+    TRITON_INTERPRET it returns an InterpretedFunction (which ignores the list)."""
+    if not _REWRAPPED:
+        for name, kernel in _SHIPPED_KERNELS.items():
+            names = int_arguments(kernel)
+            _REWRAPPED[name] = (triton.jit(kernel.fn, do_not_specialize=names), names)
+    return _REWRAPPED
+
+
+def _no_int_spec():
+    stack = contextlib.ExitStack()
+    for name, (kernel, _) in no_int_spec_kernels().items():
+        stack.enter_context(_patched(triton_impl, name, kernel))
+    return stack
+
+
+@contextlib.contextmanager
+def _needs_env(variant: str, key: str):
+    """An env-changing variant runs in a child process whose parent set `key`."""
+    if key not in os.environ:
+        raise RuntimeError(f"{variant} runs in its own process with {key} set (by the parent)")
+    yield
+
+
 VARIANTS = {
     "baseline": lambda: contextlib.nullcontext(),
     "one-unit": _one_unit,
@@ -152,7 +252,86 @@ VARIANTS = {
     "nan-scratch": poisoned_buffers,
     "mask0": lambda: contextlib.nullcontext(),  # input variant: mask_value 0
     "no-bias": lambda: contextlib.nullcontext(),  # input variant: no table
+    "toolkit-ptxas": lambda: _needs_env("toolkit-ptxas", "TRITON_PTXAS_PATH"),
+    "no-int-spec": _no_int_spec,
 }
+# Variants that change the process environment: always run in a child process of their own.
+ENV_VARIANTS = ("toolkit-ptxas",)
+
+
+# ----------------------------------------------------------------------------------------------
+# ptxas: Triton's bundled binary and the CUDA toolkit's
+
+
+def ptxas_version(path: str | None) -> str | None:
+    """'13.0 (V13.0.88)' from `path --version`, or None when it does not run."""
+    if not path:
+        return None
+    try:
+        text = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"release ([\d.]+), V([\d.]+)", text)
+    return f"{found.group(1)} (V{found.group(2)})" if found else None
+
+
+def bundled_ptxas() -> str:
+    """Triton's own ptxas (what it runs unless TRITON_PTXAS_PATH names another)."""
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def resolved_ptxas() -> str:
+    """The ptxas this process's Triton would run, with its version (knobs of triton >= 3.4)."""
+    try:
+        tool = triton.knobs.nvidia.ptxas
+        return f"{tool.path} {tool.version}"
+    except Exception as exc:  # noqa: BLE001 - a report, not a requirement
+        return f"unknown ({type(exc).__name__})"
+
+
+def find_toolkit_ptxas() -> str | None:
+    """The machine's CUDA-toolkit ptxas: on PATH, in $CUDA_HOME/bin, $CUDA_PATH/bin or
+    /usr/local/cuda/bin; never Triton's bundled one. None when there is none that runs."""
+    bundled = os.path.realpath(bundled_ptxas())
+    candidates = [shutil.which("ptxas")]
+    candidates += [os.path.join(os.environ[v], "bin", "ptxas")
+                   for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]  # fmt: skip
+    candidates.append("/usr/local/cuda/bin/ptxas")
+    for path in candidates:
+        if path and os.path.isfile(path) and os.path.realpath(path) != bundled:
+            if ptxas_version(path):
+                return path
+    return None
+
+
+def variant_env(variant: str) -> tuple[dict | None, str | None]:
+    """(extra environment for the variant's child process, None) or (None, why it cannot run)."""
+    if variant == "toolkit-ptxas":
+        path = find_toolkit_ptxas()
+        if path is None:
+            return None, "no toolkit ptxas"
+        cache = tempfile.mkdtemp(prefix="bisect-toolkit-ptxas-cache-")
+        return dict(TRITON_PTXAS_PATH=path, TRITON_PTXAS_BLACKWELL_PATH=path,
+                    TRITON_CACHE_DIR=cache), None  # fmt: skip
+    return {}, None
+
+
+def ptxas_notes(device: str) -> str:
+    bundled = bundled_ptxas()
+    toolkit = find_toolkit_ptxas()
+    text = (
+        f"ptxas: Triton's bundled {bundled} {ptxas_version(bundled) or '(does not run)'}; "
+        f"toolkit {toolkit} {ptxas_version(toolkit)}"
+        if toolkit
+        else f"ptxas: Triton's bundled {bundled} {ptxas_version(bundled) or '(does not run)'}; "
+        "no toolkit ptxas found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)"
+    )
+    text += f"; the other variants' Triton runs {resolved_ptxas()}"
+    if device != "cuda":
+        text += " (interpreter: no ptxas runs)"
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,12 +340,14 @@ VARIANTS = {
 
 class LaunchLog:
     """Records every Triton launch of the window-attention kernels (name, grid, the loop-trip
-    arguments, warps, stages) while active, and still runs it."""
+    arguments, warps, stages) while active, and still runs it. `records` keeps each launch's
+    integer arguments and constexprs: the plan the launcher computed (the row map reads it)."""
 
     KEYS = ("units", "units_per_program", "units_per_chunk", "total_windows")
 
     def __init__(self):
         self.lines: list[str] = []
+        self.records: list[dict] = []
 
     @contextlib.contextmanager
     def active(self):
@@ -175,15 +356,21 @@ class LaunchLog:
         log = self
 
         def run(fn, *args, grid, warmup, **kwargs):
-            if not warmup and fn.fn.__module__ == triton_impl.__name__:
+            if not warmup and fn.fn.__module__.startswith(KERNEL_PACKAGE):
                 named = dict(zip(fn.arg_names, args))
                 trips = {k: named[k] for k in log.KEYS if k in named}
                 shown = {k: kwargs[k] for k in ("NP", "NJ", "BLOCK", "BLOCK_Q", "KEY_SPLIT")
                          if k in kwargs}  # fmt: skip
+                grid_t = tuple(grid) if not callable(grid) else "fn"
                 log.lines.append(
-                    f"{fn.__name__} grid={tuple(grid) if not callable(grid) else 'fn'} {trips} "
+                    f"{fn.__name__} grid={grid_t} {trips} "
                     f"{shown} warps={kwargs.get('num_warps')} stages={kwargs.get('num_stages')}"
                 )
+                log.records.append(dict(
+                    kernel=fn.__name__, grid=grid_t,
+                    args={k: v for k, v in named.items() if isinstance(v, int)},
+                    consts={k: v for k, v in kwargs.items() if isinstance(v, int)},
+                ))  # fmt: skip
             return original(fn, *args, grid=grid, warmup=warmup, **kwargs)
 
         kernel_class.run = run
@@ -209,23 +396,12 @@ def _leaves(inp, dtype=None):
     return out, pad
 
 
-def _run(case: Case, inp: dict, g: torch.Tensor, backend: str, dtype=None):
-    """(out, lse or None, {grad name: grad}) of one forward + backward."""
+def _run_reference(case: Case, inp: dict, g: torch.Tensor, dtype=None):
+    """(out, lse, {grad name: grad}) of the reference's forward + backward in `dtype`."""
     (q, k, v, table), pad = _leaves(inp, dtype)
     args = (case.spec.window, case.shift, table, None, pad, inp["mask_value"])
-    if backend == "reference":
-        from lfvila.kernels import window_attention_ref
-
-        out = window_attention_ref(q, k, v, *args)
-        lse = window_attention_lse_ref(q, k, *args)
-    else:
-        out = window_attention(q, k, v, *args, backend="triton")
-        scale = case.spec.head_dim**-0.5
-        with torch.no_grad():
-            _, lse2 = triton_impl.fwd(
-                q, k, v, table, *pad, case.spec.window, case.shift, scale, inp["mask_value"]
-            )
-        lse = lse2 * math.log(2.0)  # log2 units -> natural
+    out = window_attention_ref(q, k, v, *args)
+    lse = window_attention_lse_ref(q, k, *args)
     named = {"dq": q, "dk": k, "dv": v, "dtable": table, "dk_pad": pad[0], "dv_pad": pad[1]}
     named = {n: x for n, x in named.items() if x is not None}
     got = torch.autograd.grad(out, list(named.values()), g.to(out.dtype), allow_unused=True)
@@ -233,17 +409,61 @@ def _run(case: Case, inp: dict, g: torch.Tensor, backend: str, dtype=None):
     return out.detach(), lse.detach(), grads
 
 
-def run_case(case: Case, variant: str, batch: int, device: str, log: LaunchLog) -> str:
-    """One table cell."""
+def _run_triton(case: Case, inp: dict, g: torch.Tensor, scratch: dict | None = None):
+    """(out, lse, {grad name: grad}) of one forward + backward through the launchers (what the
+    public path runs, without its self-check); `scratch` receives the two-pass delta."""
+    q, k, v, table = (inp[n] for n in ("q", "k", "v", "rel_pos_bias"))
+    k_pad, v_pad = (p.contiguous() for p in inp["pad_kv"])
+    geom = case.geometry()
+    bias = None if table is None else gather_table(table, geom)
+    scale = case.spec.head_dim**-0.5
+    args = (case.spec.window, case.shift, scale, inp["mask_value"])
+    with torch.no_grad():
+        out, lse2 = triton_impl.fwd(q, k, v, bias, k_pad, v_pad, *args)
+        dq, dk, dv, dbias, dk_pad, dv_pad = triton_impl.bwd(
+            g.to(out.dtype), q, k, v, out, lse2, bias, k_pad, v_pad, *args, scratch=scratch
+        )
+        grads = {"dq": dq, "dk": dk, "dv": dv}
+        if table is not None:
+            grads["dtable"] = fold_table(dbias, geom, table.dtype)
+        grads.update(dk_pad=dk_pad, dv_pad=dv_pad)
+    return out, lse2 * math.log(2.0), grads  # lse: log2 units -> natural
+
+
+@dataclasses.dataclass
+class CellResult:
+    """One table cell, the two-pass delta check ("" on the fused path) and the row map ("")."""
+
+    cell: str
+    delta: str = ""
+    rowmap: str = ""
+    failed: bool = False
+
+
+def _bound(t: torch.Tensor, p: torch.Tensor, rule: dict) -> float:
+    """The error-ratio rule's bound (kernels.testing.error_check) of one tensor."""
+    return (
+        rule["ratio"] * (p.double() - t.double()).abs().max().item()
+        + rule["floor"] * t.double().abs().max().item()
+    )
+
+
+def run_cell(
+    case: Case, variant: str, batch: int, device: str, log: LaunchLog, rowmap: str = "never"
+) -> CellResult:
+    """One table cell. rowmap: "never", "failed" (a map when the cell fails) or "always"."""
     inp = _inputs(case, batch, device, variant)
     g = torch.randn(inp["q"].shape, generator=torch.Generator().manual_seed(1)).to(device)
     truth_dtype = torch.float64 if case.dtype == torch.float32 else torch.float32
     with no_tf32():
-        truth = _run(case, inp, g, "reference", truth_dtype)
-        pt = _run(case, inp, g, "reference")
+        truth = _run_reference(case, inp, g, truth_dtype)
+        pt = _run_reference(case, inp, g)
+    scratch, scratch2 = {}, {}
     with VARIANTS[variant](), log.active():
-        first = _run(case, inp, g, "triton")
-        second = _run(case, inp, g, "triton")
+        start = len(log.records)
+        first = _run_triton(case, inp, g, scratch)
+        plan = log.records[start:]
+        second = _run_triton(case, inp, g, scratch2)
     worst, worst_name = 0.0, ""
     checks = [
         ("out", first[0], truth[0], pt[0], OUTPUT),
@@ -253,19 +473,264 @@ def run_case(case: Case, variant: str, batch: int, device: str, log: LaunchLog) 
     for name, out, t, p, rule in checks:
         ok, _ = error_report(out.float(), t.float(), p.float(), **rule)
         err = (out.double() - t.double()).abs().max().item()
-        bound = rule["ratio"] * (p.double() - t.double()).abs().max().item()
-        bound += rule["floor"] * t.double().abs().max().item()
+        bound = _bound(t, p, rule)
         ratio = math.inf if not math.isfinite(err) else err / bound if bound else math.inf
         if not ok and ratio >= worst:
             worst, worst_name = ratio, name
-    same = all(torch.equal(a, b) for a, b in zip(_flat(first), _flat(second)))
+    same = all(_same_bits(a, b) for a, b in zip(_flat(first), _flat(second)))
+    same = same and all(_same_bits(scratch[n], scratch2[n]) for n in scratch)
     cell = "ok" if not worst_name else f"{worst_name} {worst:.2g}x"
-    return cell + ("" if same else " ND")
+    result = CellResult(cell + ("" if same else " ND"), failed=bool(worst_name))
+    do = g.to(first[0].dtype)
+    delta_rows = None
+    if "delta" in scratch:
+        result.delta, delta_rows = delta_check(scratch["delta"], do, first[0])
+        result.failed = result.failed or not result.delta.startswith("ok")
+    if rowmap == "always" or (rowmap == "failed" and result.failed):
+        rows = {
+            name: row_errors(out, t, _bound(t, p, rule))
+            for name, out, t, p, rule in checks
+            if name in ("out", "lse", "dq", "dk", "dv")
+        }
+        if delta_rows is not None:
+            rows["delta"] = delta_rows
+        result.rowmap = format_row_map(case, variant, batch, row_map(case, batch, rows, plan))
+    return result
+
+
+def run_case(case: Case, variant: str, batch: int, device: str, log: LaunchLog) -> str:
+    """One table cell's text."""
+    return run_cell(case, variant, batch, device, log).cell
 
 
 def _flat(result):
     out, lse, grads = result
     return [out, lse, *grads.values()]
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equal (a NaN the same in both runs is not a difference; torch.equal says it is)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        a, b = (x.contiguous().view(_BITS[x.element_size()]) for x in (a, b))
+    return torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Two-pass delta: pass 1's rowsum(dO * O) against torch's
+
+
+def delta_check(
+    delta: torch.Tensor, do: torch.Tensor, o: torch.Tensor
+) -> tuple[str, tuple[torch.Tensor, float]]:
+    """Pass 1's delta (B, T, H, W, heads) against rowsum(dO * O) in fp32 from the kernel's O.
+    Each row's bound is D * 2**-24 * rowsum|dO * O| (an fp32 sum of D products in any order).
+    Returns (text, (per-row error as a multiple of its row's bound, 1.0) for the row map)."""
+    prod = do.float() * o.float()
+    ref = prod.sum(-1)
+    bound = prod.shape[-1] * 2.0**-24 * prod.abs().sum(-1)
+    err = (delta.float() - ref).abs().double()
+    err = torch.nan_to_num(err, nan=math.inf)
+    ratio = torch.where(bound > 0, err / bound.double(), torch.where(err > 0, math.inf, 0.0))
+    over = int((ratio > 1).sum())
+    worst = ratio.max().item() if ratio.numel() else 0.0
+    nan = int(torch.isnan(delta).sum())
+    if over == 0:
+        return f"ok {worst:.2g}x", (ratio, 1.0)
+    text = f"{over}/{ratio.numel()} rows {worst:.2g}x" + (f", {nan} NaN" if nan else "")
+    return text, (ratio, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Row map: rows over bound -> batch, window, position, shift region, boundary, loop trip
+
+
+def row_errors(out: torch.Tensor, truth: torch.Tensor, bound: float):
+    """(per (token, head) row max |out - truth| (NaN -> inf), bound)."""
+    err = torch.nan_to_num((out.double() - truth.double()).abs(), nan=math.inf)
+    return (err.amax(-1) if err.dim() == 6 else err), bound
+
+
+def _token_windows(geom: WindowGeometry):
+    """Per real token of the map (flat t*H*W + h*W + w): its window, position, shift region;
+    and per window whether it spans more than one shift region."""
+    slots = window_slots(geom)
+    src, region = slots["src"], slots["region"]  # (nW, N)
+    n_tok = math.prod(geom.size)
+    real = src.reshape(-1) < n_tok
+    slot = torch.empty(n_tok, dtype=torch.long)
+    slot[src.reshape(-1)[real]] = torch.arange(src.numel())[real]
+    n = geom.tokens
+    boundary = region.amax(1) != region.amin(1)
+    return slot // n, slot % n, region.reshape(-1)[slot], boundary
+
+
+def _loop_trips(plan: list[dict], rows: torch.Tensor, np_rows: int) -> dict:
+    """{"fwd" | "bwd_q" | "bwd_kv": (what the trip is, trip per row)} from the launches' own
+    arguments (the plan `fwd` and `bwd` computed): unit = row // BLOCK as the kernels number
+    them (row = window * NP + position)."""
+    last = {r["kernel"]: r for r in plan}
+    loops = {}
+    if (r := last.get("_fwd_kernel")) is not None:
+        blk, per = r["consts"]["BLOCK"], r["args"]["units_per_program"]
+        loops["fwd"] = (f"forward unit loop ({per} units of {blk} rows per program)",
+                        (rows // blk) % per)  # fmt: skip
+    if (r := last.get("_bwd_fused_kernel")) is not None:
+        blk, per = r["consts"]["BLOCK"], r["args"]["units_per_chunk"]
+        trip = (f"fused backward chunk loop ({per} units of {blk} rows per chunk)",
+                (rows // blk) % per)  # fmt: skip
+        loops["bwd_q"] = loops["bwd_kv"] = trip
+    if (r := last.get("_bwd_dq_bias_kernel")) is not None:
+        per = r["args"]["units_per_chunk"]
+        loops["bwd_q"] = (f"dq pass window loop ({per} windows per chunk)",
+                          (rows // np_rows) % per)  # fmt: skip
+    if (r := last.get("_bwd_dkdv_kernel")) is not None:
+        blk = r["consts"]["BLOCK"]
+        loops["bwd_kv"] = (f"dk/dv pass: no window loop, one program per key block of {blk} "
+                           "rows; by key block", (rows % np_rows) // blk)  # fmt: skip
+    return loops
+
+
+LOOP_OF = {"out": "fwd", "lse": "fwd", "dq": "bwd_q", "delta": "bwd_q", "dk": "bwd_kv",
+           "dv": "bwd_kv"}  # fmt: skip
+
+
+def row_map(case: Case, batch: int, errors: dict, plan: list[dict]) -> dict:
+    """{tensor: summary} of the rows over bound. errors: {name: (per-row error (B, T, H, W,
+    heads), bound)}. A summary: rows, over, bound, worst, loop (what the trip is), by_trip
+    {trip: [over, rows]}, boundary / interior [over, rows], by_region {region: [over, rows]},
+    by_head {head: over}, top (up to 5 windows: b, w, grid cell, over, positions, regions of the
+    window, regions over, trips over)."""
+    geom = case.geometry()
+    win, pos, region, boundary = _token_windows(geom)
+    n_win, np_rows = geom.num_windows, geom.padded_tokens
+    b = torch.arange(batch)[:, None]
+    gwin = b * n_win + win[None, :]  # (B, tokens): the kernels' window index
+    rows = gwin * np_rows + pos[None, :]
+    loops = _loop_trips(plan, rows, np_rows)
+    regions_of = window_slots(geom)["region"]
+    _, nwh, nww = geom.grid
+    summary = {"_geometry": dict(
+        size=geom.size, window=geom.window, shift=geom.shift, N=geom.tokens, NP=np_rows,
+        windows=n_win, boundary_windows=int(boundary.sum()), heads=case.spec.heads,
+        launches=[_launch_text(r) for r in plan],
+    )}  # fmt: skip
+    for name, (err, bound) in errors.items():
+        heads = err.shape[-1]
+        over = (err.reshape(batch, -1, heads) > bound).cpu()  # (B, tokens, heads)
+        per_tok = over.sum(-1)  # (B, tokens)
+        total = per_tok.numel() * heads
+        entry = dict(rows=total, over=int(over.sum()), bound=bound, worst=float(err.max()))
+        label, trip = loops.get(LOOP_OF[name], ("no recorded launch", torch.zeros_like(rows)))
+        entry["loop"] = label
+        entry["by_trip"] = _histogram(trip, per_tok, heads)
+        bnd = boundary[win][None, :].expand_as(per_tok)
+        entry["boundary"] = [int(per_tok[bnd].sum()), int(bnd.sum()) * heads]
+        entry["interior"] = [int(per_tok[~bnd].sum()), int((~bnd).sum()) * heads]
+        entry["by_region"] = _histogram(region[None, :].expand_as(per_tok), per_tok, heads)
+        entry["by_head"] = {h: int(c) for h, c in enumerate(over.sum((0, 1)).tolist()) if c}
+        per_win = torch.zeros(batch * n_win, dtype=torch.long)
+        per_win.index_add_(0, gwin.reshape(-1), per_tok.reshape(-1))
+        top = []
+        for w in per_win.argsort(descending=True, stable=True)[:5].tolist():
+            if per_win[w] == 0:
+                break
+            bw, wi = divmod(w, n_win)
+            sel = (gwin[bw] == w) & (per_tok[bw] > 0)
+            top.append(dict(
+                b=bw, w=wi, cell=(wi // (nwh * nww), wi // nww % nwh, wi % nww),
+                over=int(per_win[w]), positions=sorted(pos[sel].tolist()),
+                regions=sorted(set(regions_of[wi].tolist())),
+                regions_over=sorted(set(region[sel].tolist())),
+                trips=sorted(set(trip[bw][sel].tolist())),
+            ))  # fmt: skip
+        entry["top"] = top
+        summary[name] = entry
+    return summary
+
+
+def _launch_text(record: dict) -> str:
+    """'_fwd_kernel grid (4, 528) units=..., units_per_program=8, ..., BLOCK=64'."""
+    shown = [f"{k}={record['args'][k]}" for k in LaunchLog.KEYS if k in record["args"]]
+    shown += [f"{k}={record['consts'][k]}" for k in ("BLOCK", "BLOCK_Q", "NJ", "KEY_SPLIT")
+              if k in record["consts"]]  # fmt: skip
+    return f"{record['kernel']} grid {record['grid']} " + ", ".join(shown)
+
+
+def _histogram(keys: torch.Tensor, over: torch.Tensor, heads: int) -> dict:
+    """{key: [rows over bound, rows]} (rows = tokens x heads)."""
+    keys, over = keys.reshape(-1).long(), over.reshape(-1).long()
+    size = int(keys.max()) + 1 if keys.numel() else 0
+    counts = torch.bincount(keys, minlength=size) * heads
+    hits = torch.bincount(keys, weights=over.double(), minlength=size).long()
+    return {k: [int(hits[k]), int(counts[k])] for k in range(size) if counts[k]}
+
+
+def _ranges(values: list[int], limit: int = 6) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the first `limit` runs)."""
+    runs: list[list[int]] = []
+    for x in values:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    text = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
+    return text + (",..." if len(runs) > limit else "")
+
+
+def _hist_text(hist: dict, limit: int = 12) -> str:
+    items = list(hist.items())
+    if len(items) > limit:  # many trips: those with rows over bound first, then the rest
+        hot = [kv for kv in items if kv[1][0]]
+        shown = hot[:limit]
+        rest = [kv for kv in items if kv not in shown]
+        over = sum(v[0] for _, v in rest)
+        rows = sum(v[1] for _, v in rest)
+        text = ", ".join(f"{k}: {o}/{n}" for k, (o, n) in shown)
+        return text + f"; {len(rest)} others: {over}/{rows}"
+    return ", ".join(f"{k}: {o}/{n}" for k, (o, n) in items)
+
+
+def format_row_map(case: Case, variant: str, batch: int, summary: dict) -> str:
+    """The row map as Markdown: one line of geometry and launch plan, one bullet per tensor."""
+    geo = summary["_geometry"]
+    x = lambda t: "x".join(map(str, t))  # noqa: E731
+    lines = [
+        f"### Row map: {case.name} / {variant} (batch {batch})",
+        "",
+        f"map {x(geo['size'])}, window {x(geo['window'])}, shift {x(geo['shift'])}: N {geo['N']}, "
+        f"NP {geo['NP']}, {batch} x {geo['windows']} windows ({geo['boundary_windows']} per batch "
+        f"span shift regions), {geo['heads']} heads. Launches: " + "; ".join(geo["launches"]),
+        "Rows = (token, head) pairs with error over the tensor's bound; `a/b` = rows over bound / "
+        "rows. Region id = 9 rt + 3 rh + rw (0-2 per axis: the shift's three slices). Top "
+        "windows: (batch, window (t, h, w cell)): rows over, positions n, regions of the window "
+        "(over in), trips.",
+        "",
+    ]
+    for name, e in summary.items():
+        if name.startswith("_"):
+            continue
+        if not e["over"]:
+            lines.append(f"- {name}: no row over bound (worst {e['worst']:.2e}, "
+                         f"bound {e['bound']:.2e})")  # fmt: skip
+            continue
+        top = "; ".join(
+            f"({t['b']}, {t['w']} {t['cell']}): {t['over']}, n {_ranges(t['positions'])}, "
+            f"regions {t['regions']} (over in {t['regions_over']}), trips {t['trips']}"
+            for t in e["top"]
+        )
+        lines.append(
+            f"- {name}: {e['over']}/{e['rows']} rows over bound (bound {e['bound']:.2e}, worst "
+            f"{e['worst']:.2e}). {e['loop']}, by trip: {_hist_text(e['by_trip'])}. Boundary "
+            f"windows {e['boundary'][0]}/{e['boundary'][1]}, interior {e['interior'][0]}/"
+            f"{e['interior'][1]}. By region: {_hist_text(e['by_region'], 27)}. By head: "
+            f"{e['by_head']}. Top windows: {top}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,65 +782,116 @@ def finish_sanitizers(running: dict, deadline: float) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_table(cases, variants, batch, device, out_dir) -> list[tuple[str, list[str]]]:
-    """[(case name, [cell per variant])] run in this process; launch log to out_dir."""
-    cells = {case.name: [] for case in cases}
+def _wants_rowmap(spec: str | None, case: str, variant: str, first_baseline: bool) -> str:
+    """run_cell's rowmap mode for a cell: --rowmap all: every failing cell; --rowmap CASE/VARIANT
+    ...: those cells always; otherwise the first failing baseline cell."""
+    if spec == "all":
+        return "failed"
+    if spec and f"{case}/{variant}" in spec.split(","):
+        return "always"
+    return "failed" if variant == "baseline" and first_baseline else "never"
+
+
+def run_table(
+    cases, variants, batch, device, out_dir, rowmap=None, deadline=None, progress=None
+) -> dict[str, dict]:
+    """{variant: {"cells": {case: cell}, "delta": {case: text}, "rowmaps": [Markdown]}} run in
+    this process; launch log to out_dir. `progress(results)` is called after every cell."""
+    results = {}
     log = LaunchLog()
     for variant in variants:
+        res = results[variant] = dict(cells={}, delta={}, rowmaps=[])
+        first_baseline = True
         for case in cases:
             log.lines.append(f"== {case.name} / {variant}")
             t0 = time.time()
+            if deadline is not None and t0 > deadline:
+                res["cells"][case.name] = "TIMEOUT"
+                continue
+            mode = _wants_rowmap(rowmap, case.name, variant, first_baseline)
             try:
-                cell = run_case(case, variant, batch, device, log)
+                cell = run_cell(case, variant, batch, device, log, mode)
             except Exception as exc:  # noqa: BLE001 - a failing variant is a result, not a stop
-                cell = "ERR"
+                cell = CellResult("ERR")
                 log.lines.append(f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            cells[case.name].append(cell)
-            log.lines.append(f"-> {cell} ({time.time() - t0:.1f} s)")
-            print(f"  {case.name} / {variant}: {cell}", flush=True)
-    name = "bisect_launches" + (f"_{variants[0]}" if len(variants) == 1 else "") + ".log"
-    with open(os.path.join(out_dir, name), "w") as f:
-        f.write("\n".join(log.lines) + "\n")
-    return [(case.name, cells[case.name]) for case in cases]
+            res["cells"][case.name] = cell.cell
+            if cell.delta:
+                res["delta"][case.name] = cell.delta
+            if cell.rowmap:
+                res["rowmaps"].append(cell.rowmap)
+                first_baseline = first_baseline and not cell.failed
+            log.lines.append(f"-> {cell.cell} ({time.time() - t0:.1f} s)")
+            print(f"  {case.name} / {variant}: {cell.cell}", flush=True)
+            if progress is not None:
+                progress(results)
+        name = "bisect_launches" + (f"_{variant}" if len(variants) == 1 else "") + ".log"
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write("\n".join(log.lines) + "\n")
+    return results
 
 
-def run_parallel(names, variants, batch, out_dir, jobs, smoke) -> list[tuple[str, list[str]]]:
+def _write_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def run_parallel(
+    names, variants, batch, out_dir, jobs, smoke, rowmap=None, deadline=None
+) -> dict[str, dict]:
     """One child process per variant (Triton compiles on the host's cores in parallel; the GPU
-    runs are short), `jobs` at a time; their cells merged into one table."""
-    pending, running, results = list(variants), {}, {}
+    runs are short), `jobs` at a time; env-changing variants get their environment. Results as
+    run_table's (plus "ptxas": what the child's Triton resolved); cells a child did not reach
+    read TIMEOUT (killed at `deadline`) or ERR (exit status)."""
+    pending, running, results, temps = list(variants), {}, {}, []
     while pending or running:
         while pending and len(running) < jobs:
             variant = pending.pop(0)
-            path = os.path.join(out_dir, f"bisect_cells_{variant}.json")
-            cmd = [
-                sys.executable,
-                __file__,
-                "--cases",
-                ",".join(names),
-                "--variants",
-                variant,
-                "--batch",
-                str(batch),
-                "--out",
-                out_dir,
-                "--cells-json",
-                path,
-                "--jobs",
-                "1",
-                *(["--smoke"] if smoke else []),
-            ]
-            running[variant] = (subprocess.Popen(cmd), path)
-        for variant, (proc, path) in list(running.items()):
-            if proc.poll() is None:
+            extra, why = variant_env(variant)
+            if deadline is not None and time.time() > deadline:
+                extra, why = None, "TIMEOUT"
+            if extra is None:
+                results[variant] = dict(cells={n: why for n in names}, delta={}, rowmaps=[])
                 continue
+            if "TRITON_CACHE_DIR" in extra:
+                temps.append(extra["TRITON_CACHE_DIR"])
+            path = os.path.join(out_dir, f"bisect_cells_{variant}.json")
+            cmd = [sys.executable, __file__, "--cases", ",".join(names), "--variants", variant,
+                   "--batch", str(batch), "--out", out_dir, "--cells-json", path, "--jobs",
+                   "1"]  # fmt: skip
+            cmd += ["--smoke"] if smoke else []
+            cmd += ["--rowmap", rowmap] if rowmap else []
+            env = dict(os.environ, **extra)
+            running[variant] = (subprocess.Popen(cmd, env=env), path)
+        for variant, (proc, path) in list(running.items()):
+            killed = False
+            if proc.poll() is None:
+                if deadline is None or time.time() < deadline:
+                    continue
+                proc.kill()
+                proc.wait()
+                killed = True
             del running[variant]
             try:
                 with open(path) as f:
-                    results[variant] = json.load(f)
+                    res = json.load(f)
             except (OSError, ValueError):
-                results[variant] = {n: f"ERR (exit {proc.returncode})" for n in names}
+                res = dict(cells={}, delta={}, rowmaps=[])
+            missing = "TIMEOUT" if killed else f"ERR (exit {proc.returncode})"
+            res["cells"] = {n: res["cells"].get(n, missing) for n in names}
+            results[variant] = res
         time.sleep(0.2)
-    return [(n, [results[v].get(n, "ERR") for v in variants]) for n in names]
+    for path in temps:
+        shutil.rmtree(path, ignore_errors=True)
+    return results
+
+
+def _table(names, variants, results, key) -> list[str]:
+    lines = ["| case | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(results[v][key].get(n, "-") for v in variants) + " |"
+              for n in names]  # fmt: skip
+    return lines
 
 
 def main(argv=None) -> int:
@@ -392,6 +908,20 @@ def main(argv=None) -> int:
         help="seconds the sanitizers may take, counted from the start",
     )
     parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds from the start after which unfinished variants stop (cells: TIMEOUT)",
+    )
+    parser.add_argument(
+        "--rowmap",
+        nargs="?",
+        const="all",
+        default=None,
+        help="row maps of every failing cell ('all', the default) or of the cells named "
+        "(CASE/VARIANT,...); without it: the first failing baseline cell",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=None,
@@ -401,6 +931,7 @@ def main(argv=None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cells-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    start = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke and not args.child:
         print("bisect: no CUDA device; use --smoke on a CPU machine", file=sys.stderr)
@@ -416,40 +947,64 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     if args.child:  # under compute-sanitizer: one fused forward + backward, nothing else
         inp = _inputs(cases[0], args.batch, device, "baseline")
-        _run(cases[0], inp, torch.randn_like(inp["q"]), "triton")
+        _run_triton(cases[0], inp, torch.randn_like(inp["q"]))
         if device == "cuda":
             torch.cuda.synchronize()
         return 0
-    if args.cells_json:  # a parallel worker: one variant, cells to a file
-        rows = run_table(cases, variants, args.batch, device, args.out)
-        with open(args.cells_json, "w") as f:
-            json.dump({name: cells[0] for name, cells in rows}, f)
-        return 0
-    import triton
+    if args.cells_json:  # a worker process: its variants, results to a file after every cell
+        ptxas = resolved_ptxas()
 
+        def progress(results):
+            for res in results.values():
+                res["ptxas"] = ptxas
+            _write_json(args.cells_json, results[variants[0]])
+
+        run_table(cases, variants, args.batch, device, args.out, args.rowmap, None, progress)
+        return 0
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
     head = f"{where}; torch {torch.__version__}, triton {triton.__version__}; batch {args.batch}"
     print(f"bisect: {head}", flush=True)
-    start = time.time()
+    deadline = start + args.time_limit if args.time_limit else None
     sanitizers = None
     if args.sanitizer and device == "cuda":
         sanitizers = start_sanitizers(cases[0].name, args.out)
     jobs = args.jobs or (len(variants) if device == "cuda" else 1)
-    if jobs > 1 and len(variants) > 1:
-        rows = run_parallel(names, variants, args.batch, args.out, jobs, args.smoke)
-    else:
-        rows = run_table(cases, variants, args.batch, device, args.out)
-    lines = ["| case | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    parallel = jobs > 1 and len(variants) > 1
+    in_children = [v for v in variants if parallel or v in ENV_VARIANTS]
+    results = {}
+    if in_children:
+        results.update(run_parallel(names, in_children, args.batch, args.out, jobs, args.smoke,
+                                    args.rowmap, deadline))  # fmt: skip
+    here = [v for v in variants if v not in in_children]
+    if here:
+        results.update(run_table(cases, here, args.batch, device, args.out, args.rowmap, deadline))
+    notes = [ptxas_notes(device)]
+    for v in ENV_VARIANTS:
+        if v in results and results[v].get("ptxas"):
+            notes.append(f"the {v} process's Triton resolved {results[v]['ptxas']} "
+                         "(fresh TRITON_CACHE_DIR)")  # fmt: skip
+    lines = _table(names, variants, results, "cells")
+    two_pass = [n for n in names if any(n in results[v]["delta"] for v in variants)]
+    if two_pass:
+        lines += ["", "Two-pass backward: pass 1's delta against rowsum(dO * O) (torch, fp32, "
+                  "from the kernel's O); max |difference| as a multiple of D * 2^-24 * "
+                  "rowsum|dO * O|, rows over 1x:", ""]  # fmt: skip
+        lines += _table(two_pass, variants, results, "delta")
     if sanitizers is not None:
         summaries = finish_sanitizers(sanitizers, start + args.sanitizer_timeout)
         lines.append("")
         lines += [f"compute-sanitizer {tool} on {cases[0].name} (batch 1): {text}"
                   for tool, text in summaries.items()]  # fmt: skip
+    rowmaps = [m for v in variants for m in results[v].get("rowmaps", [])]
     table = "\n".join(lines)
     print(table)
+    print("\n".join(notes))
     with open(os.path.join(args.out, "bisect_table.md"), "w") as f:
-        f.write(f"{head}; {time.time() - start:.0f} s\n\n{table}\n")
+        f.write(f"{head}; {time.time() - start:.0f} s\n\n" + "\n".join(notes) + f"\n\n{table}\n")
+        for text in rowmaps:
+            f.write("\n" + text)
+    for text in rowmaps:
+        print("\n" + text)
     return 0
 
 

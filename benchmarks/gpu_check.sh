@@ -8,9 +8,12 @@
 #                                                 pytest-xdist is there), then a short benchmark
 #                                                 slice (window attention fwd+bwd, lfvila vs SDPA,
 #                                                 every layer; copy bandwidth): within 5 minutes
-#   benchmarks/gpu_check.sh --bisect [...]        the window-attention bisect (launch variants x
-#                                                 failing cases, compute-sanitizer): one table.
-#                                                 Combines with --quick: tests, bisect, benchmarks
+#   benchmarks/gpu_check.sh --bisect [...]        the window-attention bisect (launch variants,
+#                                                 toolkit ptxas, no integer specialisation x
+#                                                 failing cases; compute-sanitizer; the row map of
+#                                                 the first failing cell; the two-pass delta): one
+#                                                 table. Combines with --quick: tests, bisect,
+#                                                 benchmarks
 #   benchmarks/gpu_check.sh --train [...]         the training-step benchmarks only (issue 20: stage
 #                                                 1 and 2, fused and reference, eager and compiled,
 #                                                 the step profile, activation checkpointing) and
@@ -21,8 +24,9 @@
 # One session with 15 minutes of device time: `benchmarks/gpu_check.sh --quick --bisect --out $OUT`
 # (about 7 minutes). Every step runs under its own time limit; a step that fails or times out is
 # reported and the next one still runs. Writes to DIR (default benchmarks/results):
-# gpu_env_<tag>_<date>.log, gpu_tests_<tag>_<date>.log, bisect_table.md and bisect_logs_<tag>_<date>.tgz
-# (launch logs, sanitizer logs), gpu_check_<tag>_<date>.json (raw pytest-benchmark) and
+# gpu_env_<tag>_<date>.log, gpu_tests_<tag>_<date>.log, bisect_table.md (with the ptxas versions,
+# the delta table and the row map) and bisect_logs_<tag>_<date>.tgz (launch logs, per-variant
+# cells, sanitizer logs), gpu_check_<tag>_<date>.json (raw pytest-benchmark) and
 # gpu_check_<tag>_<date>.md (the report, with a .png): at most 7 files, as a device call brings
 # back 8. Exit status: 0 when every step passed; the report is still written otherwise.
 set -uo pipefail
@@ -37,7 +41,7 @@ while [ $# -gt 0 ]; do
     --bisect) bisect=1 ;;
     --train) train=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -131,9 +135,12 @@ tests() {
 }
 
 bisect() {
-  # details (per-variant launch logs, sanitizer logs) go to one archive: a device call brings
-  # back at most 8 files
-  local args=(--out "$out/bisect") rc
+  # details (per-variant launch logs and cells, sanitizer logs) go to one archive, the row map
+  # and the delta table into bisect_table.md: a device call brings back at most 8 files. The
+  # variants run in parallel processes (9 and 3 sanitizers on the GPU machine's 16 cores); the
+  # script stops the ones still running 30 s before the step's limit, so the table is written
+  # with the cells that finished (TIMEOUT for the others) before the step is killed
+  local args=(--out "$out/bisect" --time-limit $((limit - 30))) rc
   mkdir -p "$out/bisect"
   if [ "$smoke" = 1 ]; then
     # two worker processes: the parallel path the GPU takes

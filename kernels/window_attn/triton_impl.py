@@ -221,6 +221,7 @@ def bwd(
     chunks: int | None = None,
     grads_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     key_split: int | None = None,
+    scratch: dict | None = None,
 ):  # fmt: skip
     """Backward: returns (dq, dk, dv, dbias, dk_pad, dv_pad); absent inputs give None.
 
@@ -230,6 +231,10 @@ def bwd(
     a packed (B, T, H, W, 3, heads, D) gradient) to write into instead of allocating.
     `block`, `chunks` and `key_split` (key parts in the dq/bias pass) override the tiling (tests
     use them to force each code path).
+    `scratch`: a dict that receives the two-pass path's intermediate `delta` (rowsum(dO * O) per
+    query, fp32, lse's shape, as pass 1 wrote it for pass 2), for the GPU bisect's check of it;
+    the fused path computes delta in registers and adds nothing. None (the default) changes
+    nothing.
     Launches: 1 (fused) or 2 (two-pass) kernels, plus 1 to reduce the bias partials.
     """
     B, T, H, W, heads, D = q.shape
@@ -290,6 +295,8 @@ def bwd(
                 *scalars, BLOCK=blk, NJ=nj, **flags, **bwd_launch(blk, D, q.dtype, np_rows),
             )  # fmt: skip
             packed = 1
+            if scratch is not None:
+                scratch["delta"] = delta
     dbias = dk_pad = dv_pad = None
     if has_bias:
         dbias = triton_bias.reduce_bias_partials(db_part, np_rows, packed)  # (heads, NP, NP)
