@@ -95,8 +95,7 @@ def intercepted_launches() -> Iterator[list[str]]:
 
     from lfvila.kernels import _triton_utils as triton_utils
     from lfvila.kernels.contrastive import triton_impl as contrastive_impl
-    from lfvila.kernels.window_attn import dispatch, function
-    from lfvila.kernels.window_attn import triton_impl as attn_impl
+    from lfvila.kernels.window_attn import bias, dispatch, function, triton_bias
 
     launches: list[str] = []
 
@@ -116,9 +115,15 @@ def intercepted_launches() -> Iterator[list[str]]:
         stack.enter_context(_patched(Autotuner, "run", autotune_run))
         stack.enter_context(_patched(dispatch, "can_run_triton", lambda *a, **k: []))
         stack.enter_context(_patched(function, "USE_TORCH_OPS", False))
+        stack.enter_context(_patched(bias, "USE_TORCH_OPS", False))
+        # the table's fold as on a GPU (on meta tensors fold_table would take index_add_)
+        gpu_fold = lambda grad, geom, dtype: triton_bias.dense_to_table(grad.float(), geom).to(
+            dtype
+        )  # noqa: E731
+        stack.enter_context(_patched(bias, "fold_table", gpu_fold))
         # launch sizes as on a GPU_SMS-SM GPU, whatever the tensors' device
         stack.enter_context(_patched(triton_utils, "device_sms", lambda device: GPU_SMS))
-        for module in (attn_impl, contrastive_impl):
+        for module in (triton_bias, contrastive_impl):
             for name, obj in list(vars(module).items()):
                 if inspect.isfunction(obj) and "use_kernel" in inspect.signature(obj).parameters:
                     stack.enter_context(_patched(module, name, _force_kernel(obj)))

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from .testing import GRADIENT, OUTPUT, error_check, no_tf32
+from .testing import error_check, no_tf32
 
 logger = logging.getLogger("lfvila.kernels")
 
@@ -466,7 +466,6 @@ def error_pairs(run, dtype: torch.dtype, names: tuple[tuple[str, dict], ...]) ->
     truth, pt, out = run(truth_dtype, False), run(None, False), run(None, True)
     return {n: (o.reshape(-1), t.reshape(-1), q.reshape(-1), rule)
             for (n, rule), o, t, q in zip(names, out, truth, pt)}  # fmt: skip
-
 
 
 # ----------------------------------------------------------------------------------------------

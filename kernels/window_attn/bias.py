@@ -57,7 +57,7 @@ def fold_table(grad: Tensor, geom: WindowGeometry, dtype: torch.dtype) -> Tensor
 
 def fold_on_cpu(grad: Tensor, geom: WindowGeometry) -> Tensor:
     """index_add_ over the real pairs: sequential on the CPU, so deterministic (no Triton)."""
-    heads, np_rows, n = grad.shape[0], geom.padded_tokens, geom.tokens
+    heads, n = grad.shape[0], geom.tokens
     pairs = grad[:, :n, :n].reshape(heads, n * n)
     index = window_slots(geom)["bias_index"].reshape(-1)
     return grad.new_zeros(geom.table_rows, heads).index_add_(0, index, pairs.t())

@@ -10,6 +10,7 @@ from ..testing import GRADIENT, OUTPUT, window_attention_inputs
 from .dispatch import window_attention, window_attention_qkv
 from .reference import window_attention_ref
 
+
 def _bias_inputs(call, inp, gen):
     """(table, dense) of the call's bias kind, in its bias dtype."""
     p = dict(call.params)

@@ -94,9 +94,7 @@ def _validate_attn_bias(attn_bias, q: torch.Tensor, geom: WindowGeometry) -> Non
     if attn_bias.device != q.device:
         raise ValueError(f"attn_bias is on {attn_bias.device} but q is on {q.device}")
     if attn_bias.dtype not in (torch.float32, q.dtype):
-        raise ValueError(
-            f"attn_bias must be float32 or q's dtype {q.dtype}, got {attn_bias.dtype}"
-        )
+        raise ValueError(f"attn_bias must be float32 or q's dtype {q.dtype}, got {attn_bias.dtype}")
 
 
 def _validate(
@@ -293,7 +291,7 @@ def _dense_bias(table, attn_bias, geom: WindowGeometry, clamped_index: str):
 
 
 def bias_kind(table, attn_bias) -> str:
-    """"table", "dense", "dense-broadcast" or "none": part of a call's signature."""
+    """ "table", "dense", "dense-broadcast" or "none": part of a call's signature."""
     if table is not None:
         return "table"
     if attn_bias is None:

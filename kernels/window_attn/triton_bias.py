@@ -85,8 +85,10 @@ def _bias_pairs(geom: WindowGeometry, np_rows: int, device: torch.device):
     counts = torch.bincount(index, minlength=geom.table_rows)
     row_ptr = torch.zeros(geom.table_rows + 1, dtype=torch.long, device=CPU)
     row_ptr[1:] = torch.cumsum(counts, 0)
-    return row_ptr.to(device, torch.int32), positions[order].to(device, torch.int32), int(
-        counts.max()
+    return (
+        row_ptr.to(device, torch.int32),
+        positions[order].to(device, torch.int32),
+        int(counts.max()),
     )
 
 

@@ -35,8 +35,8 @@ import triton
 
 from .._buffers import alloc
 from .._triton_utils import PROGRAMS_PER_SM, dot_precision, parallel_target
-from .geometry import WindowGeometry, window_geometry
 from . import triton_bias
+from .geometry import WindowGeometry, window_geometry
 from .triton_bwd_fused import _bwd_fused_kernel
 from .triton_bwd_two_pass import (
     DQ_KEYS_PER_PART,

@@ -32,7 +32,8 @@ report names the version and its ptxas. `make test` runs the CI subset under bot
 
 A variant fails when ptxas reports spill stores or loads, when it needs more than sm_90's 227 KiB
 (232448 B) of shared memory per block, when its bias tile loads narrower than 8 bytes, when it
-does not compile, or when some `*_kernel` of a kernel module is reached by no case. Run it WITHOUT TRITON_INTERPRET:
+does not compile, or when some `*_kernel` of a kernel module is reached by no case. Run it
+WITHOUT TRITON_INTERPRET:
 
     python tests/kernels/compile_for_gpu.py [--subset all|ci] [--report PATH] [--jobs N]
                                             [--batches 1-16] [--autotune] [--list] [case ...]

@@ -247,9 +247,9 @@ def test_planted_wrong_kernel_falls_back_with_one_warning(monkeypatch, caplog, b
     launches = _wrong_forward(monkeypatch)
     set_first_call_check("fallback")
     q, k, v, table = _inputs()
-    kwargs = {"table": dict(rel_pos_bias=table),
-              "dense": dict(attn_bias=torch.randn(2, 30, 30, device=DEVICE)),
-              "dense-broadcast": dict(attn_bias=torch.randn(1, 30, 30, device=DEVICE))}[bias]  # fmt: skip
+    heads = {"table": 0, "dense": 2, "dense-broadcast": 1}[bias]
+    dense = torch.randn(heads, 30, 30, device=DEVICE)
+    kwargs = dict(rel_pos_bias=table) if bias == "table" else dict(attn_bias=dense)
     want = window_attention_ref(q, k, v, (2, 3, 5), (0, 1, 2), **kwargs)
     with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
         for _ in range(3):

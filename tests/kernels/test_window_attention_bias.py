@@ -37,11 +37,15 @@ VARIANTS = [("table", True, True), ("table", False, False), ("dense", True, Fals
 
 def _inputs(name, kind, dtype, pad, seed=0):
     size, window, shift, heads, d = GEOMETRIES[name]
-    inp = window_attention_inputs((1, *size, heads, d), window, dtype, DEVICE, seed=seed, pad_kv=pad)
+    inp = window_attention_inputs(
+        (1, *size, heads, d), window, dtype, DEVICE, seed=seed, pad_kv=pad
+    )
     if kind != "table":
         n = window_geometry(size, window, shift).tokens
         gen = torch.Generator().manual_seed(seed + 7)
-        dense = torch.randn(heads if kind == "dense" else 1, n, n, generator=gen, dtype=torch.float64)
+        dense = torch.randn(
+            heads if kind == "dense" else 1, n, n, generator=gen, dtype=torch.float64
+        )
         inp = dict(inp, rel_pos_bias=None, attn_bias=dense.to(dtype=dtype, device=DEVICE))
     return inp
 
@@ -52,17 +56,23 @@ def test_window_attention_bias_kinds_at_every_geometry(name, kind, shifted, pad)
     size, window, shift, _, _ = GEOMETRIES[name]
     shift = shift if shifted else (0, 0, 0)
     inp = _inputs(name, kind, torch.float32, pad, seed=len(name))
-    check_against_reference(inp, window, shift, "effective", public_api_run(inp, window, shift, "effective"))
+    check_against_reference(
+        inp, window, shift, "effective", public_api_run(inp, window, shift, "effective")
+    )
 
 
-@pytest.mark.parametrize("name, kind", [("L0", "dense"), ("L2", "dense-broadcast"), ("L1", "table")])
+@pytest.mark.parametrize(
+    "name, kind", [("L0", "dense"), ("L2", "dense-broadcast"), ("L1", "table")]
+)
 def test_window_attention_bias_fp16(name, kind):
     """fp16 with a bias in the inputs' dtype (a table stays fp32, as modules keep it)."""
     size, window, shift, _, _ = GEOMETRIES[name]
     inp = _inputs(name, kind, torch.float16, True, seed=3)
     if kind == "table":
         inp["rel_pos_bias"] = inp["rel_pos_bias"].float()
-    check_against_reference(inp, window, shift, "effective", public_api_run(inp, window, shift, "effective"))
+    check_against_reference(
+        inp, window, shift, "effective", public_api_run(inp, window, shift, "effective")
+    )
 
 
 def _dense_of_table(table, size, window, shift):
@@ -155,6 +165,8 @@ def test_reference_adds_a_dense_bias_as_video_swin_adds_its_table():
     (fp64: the same additions in the same order up to rounding)."""
     inp = window_attention_inputs((2, 4, 6, 10, 3, 8), (2, 3, 5), torch.float64, "cpu", seed=1)
     dense = _dense_of_table(inp["rel_pos_bias"], (4, 6, 10), (2, 3, 5), (0, 1, 2))
-    a = window_attention_ref(inp["q"], inp["k"], inp["v"], (2, 3, 5), (0, 1, 2), inp["rel_pos_bias"])
+    a = window_attention_ref(
+        inp["q"], inp["k"], inp["v"], (2, 3, 5), (0, 1, 2), inp["rel_pos_bias"]
+    )
     b = window_attention_ref(inp["q"], inp["k"], inp["v"], (2, 3, 5), (0, 1, 2), attn_bias=dense)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
