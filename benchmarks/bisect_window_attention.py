@@ -58,7 +58,7 @@ from lfvila.kernels import window_attention  # noqa: E402
 from lfvila.kernels._buffers import poisoned_buffers  # noqa: E402
 from lfvila.kernels.testing import error_report, no_tf32, window_attention_inputs  # noqa: E402
 from lfvila.kernels.window_attn import triton_impl, window_attention_lse_ref  # noqa: E402
-from lfvila.shapes import AttentionLayer, layer  # noqa: E402
+from lfvila.model.shapes import AttentionLayer, layer  # noqa: E402
 
 OUTPUT = dict(ratio=2.0, floor=1e-5)
 GRADIENT = dict(ratio=3.0, floor=1e-4)

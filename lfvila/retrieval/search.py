@@ -24,8 +24,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..tasks.retrieval import RECALLS, retrieval_metrics
 from .index import Index
-from .tasks.retrieval import RECALLS, retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
