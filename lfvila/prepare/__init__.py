@@ -9,6 +9,9 @@ LF-VILA-8M-style pre-training data that `lfvila.data` reads (SPEC.md §10.1).
 
 `metadata` holds what they share: the record readers and the path-safety rules. Nothing here
 downloads anything. The `lfvila prepare ...` commands are defined in `lfvila.cli.prepare`.
+
+May import `lfvila.data` (annotations, decoding, sampling) and PyAV; never model, training,
+tasks, jobs, retrieval or the command line.
 """
 
 from .metadata import PrepareError
