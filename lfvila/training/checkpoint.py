@@ -15,10 +15,10 @@ leaves `latest` naming a complete checkpoint. Leftover temporary folders are rem
 save. The newest `keep` checkpoints are kept. On several machines `DIR` must be shared.
 
 Nothing is unpickled on resume: tensors are read with `torch.load(..., weights_only=True)` and
-the rest is JSON, so a run folder from someone else cannot run code. The previous RNG format
-(`rng_rank<r>.pt`, a pickled dict holding numpy arrays) is still read, under the same
-restriction with numpy's array type allowed; anything else in it is refused with a message
-saying what to do (`legacy_rng_state`).
+the rest is JSON, so a run folder from someone else cannot run code (DeepSpeed's own checkpoint,
+which DeepSpeed loads, aside). The previous RNG format (`rng_rank<r>.pt`, a pickled dict holding
+numpy arrays) is still read, under the same restriction with numpy's array type allowed;
+anything else in it is refused with a message saying what to do (`legacy_rng_state`).
 """
 
 from __future__ import annotations
