@@ -114,13 +114,10 @@ def _search(args) -> int:
 
 def _search_eval(args, index, encoder) -> int:
     from ..retrieval.collection import read_texts
-    from ..retrieval.search import evaluate_index
+    from ..retrieval.search import annotated_rows, evaluate_index
 
     records = read_texts(args.eval, "--eval")
-    rows = {vid: i for i, vid in enumerate(index.ids)}
-    records = [(_index_id(vid, rows), text) for vid, text in records]
-    present = [(vid, text) for vid, text in records if vid in rows]
-    missing = len(records) - len(present)
+    present, missing = annotated_rows(index, records)
     if missing:
         print(
             f"lfvila search: warning: {missing} of {len(records)} paragraphs of {args.eval} have "
@@ -130,7 +127,7 @@ def _search_eval(args, index, encoder) -> int:
     if not present:
         raise ValueError(f"--eval {args.eval}: none of its videos is in {args.index}")
     text = encoder.encode_paragraphs([t for _, t in present])
-    metrics = evaluate_index(index, text, [rows[v] for v, _ in present], args.chunk_rows)
+    metrics = evaluate_index(index, text, [row for row, _ in present], args.chunk_rows)
     metrics["missing"] = float(missing)
     if args.json:
         print(json.dumps(metrics, indent=1))
@@ -142,16 +139,6 @@ def _search_eval(args, index, encoder) -> int:
             keys = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
             print(f"{label}: " + "  ".join(f"{k} {metrics[prefix + k]:.2f}" for k in keys))
     return 0
-
-
-def _index_id(clip_id: str, rows: dict) -> str:
-    """An annotation's clip_id as the index names it ('v1.mp4' is the file v1.mp4: id 'v1')."""
-    from ..retrieval.collection import VIDEO_EXTENSIONS
-
-    path = Path(clip_id)
-    if clip_id not in rows and path.suffix.lower() in VIDEO_EXTENSIONS:
-        return path.with_suffix("").as_posix()
-    return clip_id
 
 
 def _common(p) -> None:
