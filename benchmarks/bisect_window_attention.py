@@ -107,7 +107,7 @@ from lfvila.kernels.window_attn import (  # noqa: E402
 from lfvila.kernels.window_attn.bias import fold_table, gather_table  # noqa: E402
 from lfvila.kernels.window_attn.geometry import WindowGeometry, window_geometry  # noqa: E402
 from lfvila.kernels.window_attn.reference import window_slots  # noqa: E402
-from lfvila.shapes import AttentionLayer, layer  # noqa: E402
+from lfvila.model.shapes import AttentionLayer, layer  # noqa: E402
 
 OUTPUT = dict(ratio=2.0, floor=1e-5)
 GRADIENT = dict(ratio=3.0, floor=1e-4)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lfvila.shapes import LFVILA_LAYERS, AttentionLayer
+from lfvila.model.shapes import LFVILA_LAYERS, AttentionLayer
 
 GPU_SMS = 132  # H100 / H200 SXM
 ALLOC_OPS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}

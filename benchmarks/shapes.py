@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from lfvila.shapes import LFVILA_LAYERS, VIDEO_SWIN_LAYERS, AttentionLayer
+from lfvila.model.shapes import LFVILA_LAYERS, VIDEO_SWIN_LAYERS, AttentionLayer
 
 CPU_BATCH = 1
 GPU_BATCH = 16  # LF-VILA's per-GPU batch in stage 1 (SPEC.md §11.3)

@@ -1,4 +1,4 @@
-"""The whole training loop (`lfvila.run.pretrain`: loader, engine, task, logging) on generated
+"""The whole training loop (`lfvila.jobs.pretrain`: loader, engine, task, logging) on generated
 videos: samples/s, the share of time the step waits for data, and model FLOPs utilisation.
 
 CPU (part of `make test`, once): the tiny config, PyAV in 1 DataLoader worker, fp32.
@@ -35,7 +35,8 @@ def loop_data(tmp_path_factory):
 def _run(root: pathlib.Path, out: pathlib.Path, backend: str, task: str | None = None) -> dict:
     """Pre-training stage 1, or fine-tuning `task` (a config stem) from random weights on the
     demo's annotations of that task (throughput does not depend on the weights)."""
-    from lfvila.run import finetune, pretrain
+    from lfvila.jobs.finetune import finetune
+    from lfvila.jobs.pretrain import pretrain
 
     if task is not None:
         config = [ROOT / "configs" / f"{task}.yaml"]

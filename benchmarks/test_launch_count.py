@@ -6,7 +6,7 @@ import torch
 from triton.runtime.jit import JITFunction
 
 from benchmarks.launch_count import OpCounter, count_layers, table
-from lfvila.shapes import layer
+from lfvila.model.shapes import layer
 
 
 def test_op_counter_separates_kernels_views_and_allocations():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.shapes import smoke_mode
-from lfvila.shapes import AttentionLayer
+from lfvila.model.shapes import AttentionLayer
 
 BWD_FLOP_FACTOR = 2.5  # FlashAttention convention: backward = 2.5x forward FLOPs
 MODE_FACTORS = {

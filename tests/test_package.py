@@ -11,9 +11,9 @@ import torch
 
 import lfvila
 import lfvila.kernels
-from lfvila.attention_demo import format_result, run_attention_demo
 from lfvila.cli import main
-from lfvila.shapes import AttentionLayer
+from lfvila.jobs.attention_demo import format_result, run_attention_demo
+from lfvila.model.shapes import AttentionLayer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ from .augment import (
     CropBox,
     center_crop_offsets,
 )
-from .video import VideoDecodeError, probe, read_bytes
+from .containers import VideoDecodeError, probe, read_bytes
 
 logger = logging.getLogger(__name__)
 

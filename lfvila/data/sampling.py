@@ -7,6 +7,8 @@ by every decoder, so PyAV and DALI return the same frames.
   clip at floor(j·n/frames_per_clip).
 - Downstream: `num_frames` frames spread over the whole video; evaluation linspace(0, n-1),
   training a random start in [0, n//31] and end in [n-1-n//31, n-1] before the linspace.
+- The random streams an item draws these from: `seeded_stream`, seeded from stable integers
+  (seed, epoch, index, attempt, stream tag), the same in every process.
 """
 
 from __future__ import annotations
@@ -47,3 +49,17 @@ def video_frame_indices(
         start = rng.randint(0, jitter)
         end = rng.randint(num_frames - 1 - jitter, num_frames - 1)
     return np.linspace(start, end, count).astype(np.int64).tolist()
+
+
+# Tags of the random streams an item draws from (stable integers, see `seeded_stream`).
+ITEM_STREAM, REPLACEMENT_STREAM = 0, 1
+
+
+def seeded_stream(*values: int | None) -> random.Random:
+    """A random stream seeded from stable integers: the same in every process, Python version and
+    PYTHONHASHSEED (never Python's `hash`, which salts strings per process and, before 3.12,
+    hashes None by its address). None counts as -1; each value enters numpy's SeedSequence as
+    a 64-bit word."""
+    words = [(-1 if v is None else int(v)) % 2**64 for v in values]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint64)
+    return random.Random((int(state[0]) << 64) | int(state[1]))

@@ -1,4 +1,11 @@
-"""The LF-VILA model: HTWA video encoder, split BERT text encoder, pre-training and task models."""
+"""The LF-VILA model: HTWA video encoder (`video_swin`), split BERT text encoder (`text`),
+pre-training (`pretrain`) and task models (`tasks`), weight import and conversion (`convert`),
+saving and loading run folders (`pretrained`), FLOPs (`flops`) and the window-attention shapes
+of its layers (`shapes`).
+
+May import `lfvila.config`, `lfvila.kernels`, torch and einops (transformers and safetensors
+where used); never data, training, tasks, jobs, retrieval or the command line.
+"""
 
 from .pretrain import LFVILA, DualEncoderBase, PretrainOutput, TextFeatures, VideoTokenPos
 from .pretrained import from_pretrained, load_pretrained_config, save_pretrained

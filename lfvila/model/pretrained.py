@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..config import Config, dump_config, load_config
 
 WEIGHTS_NAME = "model.safetensors"
@@ -76,8 +77,6 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    import lfvila
-
     if not isinstance(cfg, Config):
         raise TypeError(f"save_pretrained: cfg must be a root Config, got {type(cfg).__name__}")
     if not dtype.is_floating_point:
@@ -90,7 +89,7 @@ def save_pretrained(
         # copy=True: one tensor per key, even where the model shares storage or dtype matches
         tensors[key] = value.detach().to("cpu", target, copy=True).contiguous()
     metadata = {"format": "pt", "dtype": str(dtype).removeprefix("torch."),
-                "lfvila_version": lfvila.__version__}  # fmt: skip
+                "lfvila_version": __version__}  # fmt: skip
     weights = directory / WEIGHTS_NAME
     _write_atomic(weights, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     _write_atomic(directory / CONFIG_NAME, lambda tmp: tmp.write_text(dump_config(cfg)))

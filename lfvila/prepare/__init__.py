@@ -8,7 +8,10 @@ LF-VILA-8M-style pre-training data that `lfvila.data` reads (SPEC.md §10.1).
 - `check`: every clip an annotation file references exists, opens and has enough frames.
 
 `metadata` holds what they share: the record readers and the path-safety rules. Nothing here
-downloads anything. The `lfvila prepare ...` commands are defined in `prepare.cli`.
+downloads anything. The `lfvila prepare ...` commands are defined in `lfvila.cli.prepare`.
+
+May import `lfvila.data` (annotations, decoding, sampling) and PyAV; never model, training,
+tasks, jobs, retrieval or the command line.
 """
 
 from .metadata import PrepareError

@@ -1,6 +1,10 @@
 """Tasks: what the one training loop trains (a loss of a batch) and how it evaluates. Each task
 module builds its loaders and evaluations from the config; `build_task` picks by
-`model.task`: pre-training (`pretrain`) or a downstream task (`downstream`)."""
+`model.task`: pre-training (`pretrain`) or a downstream task (`downstream`).
+
+May import `lfvila.config`, `lfvila.data`, `lfvila.training` (the loop's task contract, the
+process group) and `lfvila.model`; never jobs, retrieval or the command line.
+"""
 
 from __future__ import annotations
 

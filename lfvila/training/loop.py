@@ -1,10 +1,17 @@
 """The training loop: one loop for pre-training and every task (STYLE.md §8).
 
 A task is a small object: `task.loss(model, batch, ctx) -> LossOutput` for training, and a list
-of evaluations, each `step(model, batch, ctx) -> EvalOutput` plus `metrics(rows, sums)`. The
-loop owns everything else: micro-batches and gradient accumulation, the learning-rate schedule,
-skipping non-finite steps, evaluation (every item exactly once, in dataset order: SPEC Decision
-4c), checkpoints and exact resume, SIGTERM/SIGINT, logging and the progress bar.
+of evaluations, each `step(model, batch, ctx) -> EvalOutput` plus `metrics(rows, sums)`
+(`training.protocol`). The loop owns everything else: micro-batches and gradient accumulation,
+the learning-rate schedule, skipping non-finite steps, evaluation (every item exactly once, in
+dataset order: SPEC Decision 4c), checkpoints and exact resume, SIGTERM/SIGINT, logging and the
+progress bar.
+
+`train` reads top to bottom; what it does besides stepping is in named pieces with their state
+in plain sight: `LogWindow` (the tally of the steps since the last log line, the log record, the
+non-finite stop rule), `Checkpointer` (saves, and the step of the last one), `BestWeights` (the
+best evaluation's weights) and `Evaluator` (evaluations, logged and passed on); one optimiser
+step is `_optimiser_step`.
 """
 
 from __future__ import annotations
@@ -14,64 +21,33 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
-from ..data import BadEvaluationVideos, VideoDecodeError
 from .checkpoint import CheckpointManager, TrainerState
 from .dist import World
+from .evaluation import evaluate
 from .metrics import RunLog, Throughput
 from .optim import LRSchedule
+from .protocol import EvalOutput, Evaluation, LossOutput, StepContext, Task
+from .tally import StepTally
+
+__all__ = [
+    "EvalOutput",
+    "Evaluation",
+    "LossOutput",
+    "RunSettings",
+    "StepContext",
+    "StepTally",
+    "Task",
+    "TrainingError",
+    "evaluate",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class StepContext:
-    """What a task's loss or evaluation step may need besides the model and the batch."""
-
-    world: World
-    process_group: object = None
-    """Group the contrastive features are gathered over (None: this rank's batch only)."""
-    mtc_generator: torch.Generator | None = None
-    """MTC sampling, seeded the same on every rank (SPEC Decision 3)."""
-
-
-@dataclasses.dataclass
-class LossOutput:
-    loss: torch.Tensor
-    """The objective as defined (what is logged)."""
-    terms: dict[str, torch.Tensor]
-    """Its unweighted terms, e.g. {'vpc': ..., 'mtc': ...}."""
-    backward: torch.Tensor
-    """What the engine differentiates. Gathered terms appear times the world size: each rank's
-    gradient of a gathered loss is its slice of the global gradient, and DDP/DeepSpeed average
-    over ranks (lfvila/kernels/contrastive/distributed.py)."""
-
-
-@dataclasses.dataclass
-class EvalOutput:
-    rows: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    """Per-item results (B, ...), aligned with batch['index']; gathered in dataset order."""
-    sums: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    """Scalars summed over all batches and ranks (e.g. loss x items, correct, counted)."""
-
-
-class Evaluation(Protocol):
-    name: str
-    loader: Iterable
-    """Batches with 'index'; `loader.dataset_length` items in all over the ranks."""
-
-    def step(self, model, batch: dict, ctx: StepContext) -> EvalOutput: ...
-
-    def metrics(self, rows: dict, sums: dict) -> dict[str, float]: ...
-
-
-class Task(Protocol):
-    def loss(self, model, batch: dict, ctx: StepContext) -> LossOutput: ...
 
 
 class TrainingError(RuntimeError):
@@ -99,52 +75,6 @@ class StopSignal:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-@torch.no_grad()
-def evaluate(engine, evaluations: list, ctx: StepContext) -> dict[str, dict[str, float]]:
-    """Every evaluation over its whole dataset: rows gathered by item index (each exactly once),
-    sums added over ranks; returns {evaluation name: metrics}."""
-    model = engine.module
-    was_training = model.training
-    model.eval()
-    results = {}
-    try:
-        for ev in evaluations:
-            rows, index, sums = {}, [], {}
-            try:
-                for batch in ev.loader:
-                    batch = engine.prepare(batch)
-                    with engine.autocast():
-                        out = ev.step(model, batch, ctx)
-                    index.append(batch["index"].cpu())
-                    for key, value in out.rows.items():
-                        rows.setdefault(key, []).append(value.float().cpu())
-                    if "skipped" in batch:  # eval.on_bad_video=skip: items served as zeros
-                        rows.setdefault("skipped", []).append(batch["skipped"].float().cpu())
-                    for key, value in out.sums.items():
-                        sums[key] = sums.get(key, 0.0) + value.detach().double().cpu()
-            except VideoDecodeError as exc:  # eval.on_bad_video=error: one line, no traceback
-                raise BadEvaluationVideos(
-                    f"evaluation {ev.name}: unreadable video {exc.path} ({exc.reason}). Replace "
-                    "or remove its item, or set eval.on_bad_video=skip to evaluate the rest (it "
-                    "then counts as a miss)."
-                ) from None
-            length = ev.loader.dataset_length
-            idx = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
-            gathered = {}
-            for key in sorted(rows) or []:
-                gathered[key] = ctx.world.gather_rows(torch.cat(rows[key]), idx, length)
-            if not rows:  # still check that every item was seen once
-                ctx.world.gather_rows(torch.zeros(len(idx), 0), idx, length)
-            keys = sorted(sums)
-            totals = (
-                ctx.world.sum(torch.stack([torch.as_tensor(sums[k]) for k in keys])) if keys else []
-            )
-            results[ev.name] = ev.metrics(gathered, dict(zip(keys, [float(t) for t in totals])))
-    finally:
-        model.train(was_training)
-    return results
 
 
 @dataclasses.dataclass
@@ -178,71 +108,149 @@ def _finite(world: World, loss: torch.Tensor) -> bool:
     return not world.any(not bool(torch.isfinite(loss.detach()).all()))
 
 
-class StepTally:
-    """What the steps between two log lines did, kept on the device: loss terms, gradient norm,
-    skipped steps and the run of non-finite steps. `flush()` reads it all in one host sync (once
-    per `log_every`, at checkpoints and at the end) into the TrainerState and a log record.
+class LogWindow:
+    """The steps since the last log line, as the run reports them: the tally's counts (read in
+    one host sync by `flush`), the throughput meter, and the stop rule for non-finite steps."""
 
-    The streak is exact: `max_streak` is the longest run of non-finite steps since the last
-    flush, so the stop rule (more than train.max_nonfinite in a row) sees a run that ended before
-    the flush too."""
+    def __init__(
+        self,
+        engine,
+        settings: RunSettings,
+        state: TrainerState,
+        world: World,
+        log: RunLog,
+        checkpoints: CheckpointManager,
+        mtc_generator,
+    ):
+        self.engine, self.s, self.state, self.world, self.log = engine, settings, state, world, log
+        self.checkpoints, self.mtc_generator = checkpoints, mtc_generator
+        self.meter = Throughput(settings.flops_per_sample, settings.peak_flops)
+        self.tally = StepTally(state, world.device)
 
-    def __init__(self, state: TrainerState, device: torch.device):
-        self.state, self.device = state, device
-        self.terms: dict[str, torch.Tensor] = {}
-        self.steps = 0  # in the log window
-        self.unread = 0  # since the counts were last read
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        self.grad_norm, self.nonfinite, self.overflow = zero.clone(), zero.clone(), zero.clone()
-        self.streak = torch.full((), float(state.nonfinite_streak), dtype=torch.float64,
-                                 device=device)  # fmt: skip
-        self.max_streak = self.streak.clone()
+    def flush(self, record: bool) -> None:
+        """Read the tally (the one host sync of a logging step); with `record`, write the log
+        record of the window; stop on too many non-finite steps in a row."""
+        s, state, tally, engine = self.s, self.state, self.tally, self.engine
+        if not (tally.steps if record else tally.unread):
+            return
+        lr = s.schedule(state.step - 1)
+        averages = tally.flush(terms=record)
+        if tally.last_nonfinite:
+            logger.warning(
+                "non-finite loss or gradient: %d step(s) skipped up to step %d (%d in a row now)",
+                tally.last_nonfinite,
+                state.step,
+                state.nonfinite_streak,
+            )
+        if record:
+            line = {"step": state.step, "epoch": state.epoch, "lr": lr, **averages}
+            line.update(self.meter.summary(self.world.world_size))
+            line["nonfinite_skipped"] = state.nonfinite_total
+            if engine.loss_scale() is not None:
+                line["loss_scale"] = engine.loss_scale()
+            if self.world.device.type == "cuda":
+                line["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            self.log.write(line, "train")
+            self.log.progress(state.step, _postfix(line))
+            if self.log.bar is None:
+                self.log.say(_line(line, s.total_steps))
+            self.meter.reset()
+        if tally.last_max_streak > s.max_nonfinite:
+            path = self.checkpoints.save(engine, state, self.mtc_generator, s.config_text)
+            raise TrainingError(
+                f"{tally.last_max_streak} steps in a row had a non-finite loss or gradient "
+                f"(train.max_nonfinite={s.max_nonfinite}) by step {state.step}; checkpoint "
+                f"{path}. Lower train.lr, clip gradients (train.clip_grad) or use bf16/fp32."
+            )
 
-    def add_terms(self, out: LossOutput, grad_accum: int) -> None:
-        for key, value in {"loss": out.loss, **out.terms}.items():
-            value = value.detach().to(self.device, torch.float64) / grad_accum
-            self.terms[key] = self.terms[key] + value if key in self.terms else value
 
-    def add_step(self, nonfinite: torch.Tensor, overflow: torch.Tensor, applied, grad_norm) -> None:
-        self.steps += 1
-        self.unread += 1
-        nonfinite = nonfinite.to(self.device, torch.float64)
-        self.nonfinite += nonfinite
-        self.overflow += overflow.to(self.device, torch.float64)
-        self.streak = (self.streak + 1) * nonfinite  # an applied or overflowed step ends the run
-        self.max_streak = torch.maximum(self.max_streak, self.streak)
-        norm = grad_norm.to(self.device, torch.float64)
-        self.grad_norm += torch.where(applied.to(self.device), norm, torch.zeros_like(norm))
+class Checkpointer:
+    """Checkpoints of the run: the window's counts read first (so the state saved is current),
+    and the step of the last one (`last`, -1: none yet), so that no step is saved twice."""
 
-    def flush(self, terms: bool = True) -> dict[str, float]:
-        """One host read. The non-finite and overflow counts always go into the state (and
-        `last_nonfinite`, `last_max_streak`); with `terms`, also the window's averages, returned,
-        and the window restarts. Without (a checkpoint or the end between logging steps), the
-        loss terms stay for the next log line."""
-        names = sorted(self.terms)
-        packed = torch.stack(
-            [*(self.terms[n] for n in names), self.grad_norm, self.nonfinite, self.overflow,
-             self.streak, self.max_streak]
-        ).cpu()  # fmt: skip
-        *values, grad_norm, nonfinite, overflow, streak, max_streak = packed.tolist()
-        self.state.nonfinite_total += int(nonfinite)
-        self.state.overflow_total += int(overflow)
-        self.state.nonfinite_streak = int(streak)
-        self.last_nonfinite, self.last_max_streak = int(nonfinite), int(max_streak)
-        self.unread = 0
-        self.nonfinite, self.overflow = (
-            torch.zeros_like(self.nonfinite),
-            torch.zeros_like(self.overflow),
-        )
-        self.max_streak = self.streak.clone()
-        if not terms:
-            return {}
-        steps = max(self.steps, 1)
-        record = {n: v / steps for n, v in zip(names, values)}
-        if self.steps:
-            record["grad_norm"] = grad_norm / steps
-        self.terms, self.steps, self.grad_norm = {}, 0, torch.zeros_like(self.grad_norm)
-        return record
+    def __init__(
+        self,
+        engine,
+        checkpoints: CheckpointManager,
+        state: TrainerState,
+        mtc_generator,
+        window: LogWindow,
+        config_text: str,
+    ):
+        self.engine, self.checkpoints, self.state = engine, checkpoints, state
+        self.mtc_generator, self.window, self.config_text = mtc_generator, window, config_text
+        self.last = -1
+
+    def save(self) -> Path:
+        self.window.flush(record=False)  # the state's counters current before they are saved
+        path = self.checkpoints.save(self.engine, self.state, self.mtc_generator, self.config_text)
+        self.last = self.state.step
+        self.window.log.say(f"checkpoint: {path}")
+        return path
+
+    def save_if_new(self) -> None:
+        if self.last != self.state.step:
+            self.save()
+
+
+class BestWeights:
+    """Best-weights tracking: each evaluation that improves the headline metric
+    (`RunSettings.headline`) becomes `state.best`, and the bare model's fp32 weights go to
+    `RunSettings.on_best` (from a checkpoint where the engine keeps them only there)."""
+
+    def __init__(
+        self, engine, settings: RunSettings, state: TrainerState, saver: Checkpointer, log: RunLog
+    ):
+        self.engine, self.s, self.state, self.saver, self.log = engine, settings, state, saver, log
+
+    def consider(self, step: int, results: dict) -> None:
+        name, metric, higher = self.s.headline
+        value = results.get(name, {}).get(metric)
+        if value is None or math.isnan(value):
+            logger.warning("headline metric %s/%s not in the evaluation: no best", name, metric)
+            return
+        best = self.state.best.get("value")
+        if best is not None and not (value > best if higher else value < best):
+            return
+        self.state.best = {"step": step, "metric": f"{name}/{metric}", "value": value}
+        checkpoint = None
+        if self.engine.export_needs_checkpoint:  # DeepSpeed fp16/bf16: fp32 masters from disk
+            saver = self.saver
+            checkpoint = (
+                saver.save() if saver.last != self.state.step else saver.checkpoints.latest()
+            )
+        self.s.on_best(self.engine.export_state_dict(checkpoint), step, results)
+        self.log.say(f"best {name}/{metric} {value:.4g} at step {step}: {self.s.run_dir / 'best'}")
+
+
+class Evaluator:
+    """The run's evaluations: each one logged, passed to `on_eval` and to the best-weights
+    tracker (None: no headline metric); `last` is the step of the latest (-1: none yet)."""
+
+    def __init__(
+        self,
+        engine,
+        evaluations: list,
+        eval_ctx: Callable[[], StepContext],
+        log: RunLog,
+        on_eval: Callable[[int, dict], None] | None,
+        best: BestWeights | None,
+    ):
+        self.engine, self.evaluations, self.eval_ctx = engine, evaluations, eval_ctx
+        self.log, self.on_eval, self.best = log, on_eval, best
+        self.last = -1
+
+    def run(self, step: int) -> None:
+        results = evaluate(self.engine, self.evaluations, self.eval_ctx())
+        for name, metrics in results.items():
+            self.log.write({"step": step, "eval": name, **metrics}, f"eval/{name}")
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            self.log.say(f"eval {name} @ step {step}: {shown}")
+        if self.on_eval is not None:
+            self.on_eval(step, results)
+        self.last = step
+        if self.best is not None:
+            self.best.consider(step, results)
 
 
 def train(
@@ -267,84 +275,14 @@ def train(
     """
     world, s = ctx.world, settings
     log = RunLog(s.run_dir, world.is_main, s.total_steps, state.step)
-    meter = Throughput(s.flops_per_sample, s.peak_flops)
-    tally = StepTally(state, world.device)
-    last_eval = last_ckpt = -1
-    host_checks = getattr(engine, "checks_loss_on_host", True)
-
-    def run_eval(step: int) -> None:
-        nonlocal last_eval
-        results = evaluate(engine, evaluations, eval_ctx())
-        for name, metrics in results.items():
-            log.write({"step": step, "eval": name, **metrics}, f"eval/{name}")
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            log.say(f"eval {name} @ step {step}: {shown}")
-        if on_eval is not None:
-            on_eval(step, results)
-        last_eval = step
-        if s.headline is not None:
-            track_best(step, results)
-
-    def track_best(step: int, results: dict) -> None:
-        name, metric, higher = s.headline
-        value = results.get(name, {}).get(metric)
-        if value is None or math.isnan(value):
-            logger.warning("headline metric %s/%s not in the evaluation: no best", name, metric)
-            return
-        best = state.best.get("value")
-        if best is not None and not (value > best if higher else value < best):
-            return
-        state.best = {"step": step, "metric": f"{name}/{metric}", "value": value}
-        checkpoint = None
-        if engine.export_needs_checkpoint:  # DeepSpeed fp16/bf16: fp32 masters from disk
-            checkpoint = save() if last_ckpt != state.step else checkpoints.latest()
-        s.on_best(engine.export_state_dict(checkpoint), step, results)
-        log.say(f"best {name}/{metric} {value:.4g} at step {step}: {s.run_dir / 'best'}")
-
-    def save() -> Path:
-        nonlocal last_ckpt
-        flush_and_log(record=False)  # the state's counters current before they are saved
-        path = checkpoints.save(engine, state, ctx.mtc_generator, s.config_text)
-        last_ckpt = state.step
-        log.say(f"checkpoint: {path}")
-        return path
-
-    def flush_and_log(record: bool) -> None:
-        """Read the tally (the one host sync of a logging step); with `record`, write the log
-        record of the window; stop on too many non-finite steps in a row."""
-        if not (tally.steps if record else tally.unread):
-            return
-        lr = s.schedule(state.step - 1)
-        averages = tally.flush(terms=record)
-        if tally.last_nonfinite:
-            logger.warning(
-                "non-finite loss or gradient: %d step(s) skipped up to step %d (%d in a row now)",
-                tally.last_nonfinite, state.step, state.nonfinite_streak,
-            )  # fmt: skip
-        if record:
-            line = {"step": state.step, "epoch": state.epoch, "lr": lr, **averages}
-            line.update(meter.summary(world.world_size))
-            line["nonfinite_skipped"] = state.nonfinite_total
-            if engine.loss_scale() is not None:
-                line["loss_scale"] = engine.loss_scale()
-            if world.device.type == "cuda":
-                line["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            log.write(line, "train")
-            log.progress(state.step, _postfix(line))
-            if log.bar is None:
-                log.say(_line(line, s.total_steps))
-            meter.reset()
-        if tally.last_max_streak > s.max_nonfinite:
-            path = checkpoints.save(engine, state, ctx.mtc_generator, s.config_text)
-            raise TrainingError(
-                f"{tally.last_max_streak} steps in a row had a non-finite loss or gradient "
-                f"(train.max_nonfinite={s.max_nonfinite}) by step {state.step}; checkpoint "
-                f"{path}. Lower train.lr, clip gradients (train.clip_grad) or use bf16/fp32."
-            )
+    window = LogWindow(engine, s, state, world, log, checkpoints, ctx.mtc_generator)
+    saver = Checkpointer(engine, checkpoints, state, ctx.mtc_generator, window, s.config_text)
+    best = BestWeights(engine, s, state, saver, log) if s.headline is not None else None
+    evaluator = Evaluator(engine, evaluations, eval_ctx, log, on_eval, best)
 
     engine.module.train()
     if s.eval_before and state.step == 0 and evaluations:
-        run_eval(0)
+        evaluator.run(0)
     stop = None
     with StopSignal() as signals:
         try:
@@ -354,73 +292,28 @@ def train(
                 batches = iter(loader)
                 per_epoch = s.steps_per_epoch * s.grad_accum
                 while state.batch_in_epoch < per_epoch and state.step < s.total_steps:
-                    # No host read of a device value in here (issue 20): the non-finite check
-                    # is decided on the device, the loss terms accumulate there
-                    poisoned, bad_loss, samples, wait = False, None, 0, 0.0
-                    for micro in range(s.grad_accum):
-                        t0 = time.perf_counter()
-                        try:
-                            batch = engine.prepare(next(batches))
-                        except StopIteration:
-                            raise RuntimeError(
-                                f"the training loader ended after {state.batch_in_epoch} of "
-                                f"{per_epoch} batches in epoch {state.epoch}"
-                            ) from None
-                        wait += time.perf_counter() - t0
-                        last = micro == s.grad_accum - 1
-                        with engine.no_sync(last):
-                            with engine.autocast():
-                                out = task.loss(engine.model, batch, ctx)
-                            if host_checks:  # DeepSpeed: decided on the host, as it must
-                                if poisoned or not _finite(world, out.loss):
-                                    poisoned = True
-                                    engine.skip_micro_batch()
-                                else:
-                                    engine.backward(out.backward)
-                            else:
-                                bad = ~torch.isfinite(out.loss.detach()).all()
-                                bad_loss = bad if bad_loss is None else bad_loss | bad
-                                engine.backward(out.backward)
-                        tally.add_terms(out, s.grad_accum)
-                        samples += len(batch["index"]) * world.world_size
-                        state.batch_in_epoch += 1
-                    lr = s.schedule(state.step)
-                    if poisoned:
-                        engine.skip_step()
-                        one = torch.ones((), dtype=torch.bool)
-                        tally.add_step(one, ~one, ~one, torch.tensor(math.nan))
-                    else:
-                        result = engine.step(lr, bad_loss)
-                        tally.add_step(
-                            result.nonfinite, result.overflow, result.applied, result.grad_norm
-                        )
+                    samples, wait = _optimiser_step(engine, task, batches, s, state, ctx, window)
                     state.step += 1
                     state.samples += samples
-                    meter.add(samples, wait)
+                    window.meter.add(samples, wait)
                     log.progress(state.step, None)
-                    logging_step = state.step % s.log_every == 0 or state.step == s.total_steps
-                    if logging_step:
-                        flush_and_log(record=True)
+                    if state.step % s.log_every == 0 or state.step == s.total_steps:
+                        window.flush(record=True)
                     if s.eval_every and state.step % s.eval_every == 0 and evaluations:
-                        run_eval(state.step)
-                    if (
-                        s.checkpoint_every
-                        and state.step % s.checkpoint_every == 0
-                        and last_ckpt != state.step
-                    ):
-                        save()
+                        evaluator.run(state.step)
+                    if s.checkpoint_every and state.step % s.checkpoint_every == 0:
+                        saver.save_if_new()
                     if world.any(signals.name is not None):
                         stop = signals.name or "a signal on another rank"
                         break
                 if state.batch_in_epoch >= per_epoch:
                     state.epoch += 1
                     state.batch_in_epoch = 0
-            flush_and_log(record=False)  # a stop between logging steps: counts, no record
+            window.flush(record=False)  # a stop between logging steps: counts, no record
         finally:
             log.close()
     if stop is not None:
-        if last_ckpt != state.step:
-            save()
+        saver.save_if_new()
         logger.warning(
             "stopped by %s at step %d of %d; resume with:\n  %s",
             stop,
@@ -429,11 +322,68 @@ def train(
             s.resume_hint,
         )
         return stop
-    if last_ckpt != state.step:
-        save()
-    if evaluations and last_eval != state.step:
-        run_eval(state.step)
+    saver.save_if_new()
+    if evaluations and evaluator.last != state.step:
+        evaluator.run(state.step)
     return None
+
+
+def _optimiser_step(
+    engine,
+    task: Task,
+    batches,
+    s: RunSettings,
+    state: TrainerState,
+    ctx: StepContext,
+    window: LogWindow,
+) -> tuple[int, float]:
+    """One optimiser step: `s.grad_accum` micro-batches of `batches` (forward, backward), then
+    the engine's step at the schedule's learning rate, counted in the window's tally. Advances
+    `state.batch_in_epoch`; returns (samples over all ranks, seconds spent waiting for data).
+
+    No host read of a device value in here (issue 20): the non-finite check is decided on the
+    device and the loss terms accumulate there, except with an engine that decides on the host
+    (`checks_loss_on_host`, DeepSpeed), as it must."""
+    world, tally = ctx.world, window.tally
+    host_checks = getattr(engine, "checks_loss_on_host", True)
+    per_epoch = s.steps_per_epoch * s.grad_accum
+    poisoned, bad_loss, samples, wait = False, None, 0, 0.0
+    for micro in range(s.grad_accum):
+        t0 = time.perf_counter()
+        try:
+            batch = engine.prepare(next(batches))
+        except StopIteration:
+            raise RuntimeError(
+                f"the training loader ended after {state.batch_in_epoch} of "
+                f"{per_epoch} batches in epoch {state.epoch}"
+            ) from None
+        wait += time.perf_counter() - t0
+        last = micro == s.grad_accum - 1
+        with engine.no_sync(last):
+            with engine.autocast():
+                out = task.loss(engine.model, batch, ctx)
+            if host_checks:
+                if poisoned or not _finite(world, out.loss):
+                    poisoned = True
+                    engine.skip_micro_batch()
+                else:
+                    engine.backward(out.backward)
+            else:
+                bad = ~torch.isfinite(out.loss.detach()).all()
+                bad_loss = bad if bad_loss is None else bad_loss | bad
+                engine.backward(out.backward)
+        tally.add_terms(out, s.grad_accum)
+        samples += len(batch["index"]) * world.world_size
+        state.batch_in_epoch += 1
+    lr = s.schedule(state.step)
+    if poisoned:
+        engine.skip_step()
+        one = torch.ones((), dtype=torch.bool)
+        tally.add_step(one, ~one, ~one, torch.tensor(math.nan))
+    else:
+        result = engine.step(lr, bad_loss)
+        tally.add_step(result.nonfinite, result.overflow, result.applied, result.grad_norm)
+    return samples, wait
 
 
 def _postfix(record: dict) -> dict:

@@ -201,13 +201,13 @@ def test_build_loader_passes_workers_to_the_dali_loader(clips, monkeypatch):
 def test_the_loader_opens_each_clip_once(clips, monkeypatch):
     """Item 9 through the DALI loader: the plan's probes read each file once and their bytes are
     the ones DALI decodes (no second open), with or without the probe cache."""
-    from lfvila.data import video
+    from lfvila.data import containers
     from lfvila.data.dali import DaliLoader
 
     ds = _dataset(clips, ["v1.webm", "v2.webm", "v3.webm"], True)
     counts = count_io(monkeypatch)
     for epoch in range(2):
-        video._probe_cached.cache_clear()  # a probe cache too small for the dataset
+        containers._probe_cached.cache_clear()  # a probe cache too small for the dataset
         counts.opens.clear()
         sampler = EpochSampler(ExactDistributedSampler(3))
         sampler.set_epoch(epoch)

@@ -90,9 +90,9 @@ def test_a_truncated_mp4_is_reported_as_truncated(spoiled):
 
 def test_the_pyav_notice_is_said_once_per_process(demo_data, caplog):
     """`data: PyAV decoding (...)` was printed 2-3 times per run (a loader each)."""
-    from lfvila.data import datasets
+    from lfvila.data.datasets import loader
 
-    datasets._NOTICES.clear()
+    loader._NOTICES.clear()
     ds = build_dataset("retrieval", demo_data["retrieval_val"], demo_data["video_root"], False,
                        DataOptions(**SMALL))  # fmt: skip
     with caplog.at_level(logging.INFO, logger="lfvila.data.datasets"):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from lfvila.data import DataOptions, build_dataset, probe, read_frames, video
+from lfvila.data import DataOptions, build_dataset, containers, probe, read_frames
 
 from ..helpers import frame_marks, write_index_clip
 
@@ -162,7 +162,7 @@ def test_one_open_per_clip_per_epoch(tmp_path, counts):
     ann = _pretrain_data(tmp_path)
     ds = build_dataset("pretrain", ann, tmp_path, True, DataOptions(**SMALL))
     for epoch in range(2):
-        video._probe_cached.cache_clear()  # a probe cache too small for the dataset
+        containers._probe_cached.cache_clear()  # a probe cache too small for the dataset
         counts.opens.clear()
         for index in range(len(ds)):
             item = ds.with_replacement(index, epoch=epoch)
@@ -177,16 +177,16 @@ def test_one_open_per_clip_per_epoch(tmp_path, counts):
 def test_probe_and_read_caches_are_bounded(tmp_path):
     """The probe cache is a bounded LRU; bytes read by a probe and kept for the decode that
     follows are bounded in count and size (an unused entry is dropped, never accumulated)."""
-    info = video._probe_cached.cache_info()
+    info = containers._probe_cached.cache_info()
     assert info.maxsize is not None and info.maxsize <= 1 << 17
     clips = [
         write_index_clip(tmp_path / f"c{i}.webm", frames=4, codec="libvpx-vp9")
-        for i in range(video.KEPT_READS + 5)
+        for i in range(containers.KEPT_READS + 5)
     ]
     for clip in clips:
         probe(clip, exact=False)  # planned, never decoded
-    kept = video.kept_reads()
-    assert kept["entries"] <= video.KEPT_READS and kept["bytes"] <= video.KEPT_READ_BYTES
-    assert kept["entries"] == video.KEPT_READS  # the most recent ones
+    kept = containers.kept_reads()
+    assert kept["entries"] <= containers.KEPT_READS and kept["bytes"] <= containers.KEPT_READ_BYTES
+    assert kept["entries"] == containers.KEPT_READS  # the most recent ones
     read_frames(clips[-1], [0], "pyav")  # a decode takes its clip's bytes
-    assert video.kept_reads()["entries"] == video.KEPT_READS - 1
+    assert containers.kept_reads()["entries"] == containers.KEPT_READS - 1

@@ -13,7 +13,7 @@ import torch
 from lfvila.kernels import WindowAttention3D, patch_torchvision_swin3d, window_attention
 from lfvila.kernels.testing import assert_error_ratio, guarded, no_tf32, window_attention_inputs
 from lfvila.kernels.window_attn.geometry import window_geometry
-from lfvila.shapes import LFVILA_LAYERS, VIDEO_SWIN_LAYERS
+from lfvila.model.shapes import LFVILA_LAYERS, VIDEO_SWIN_LAYERS
 
 from ..helpers import grads, leaves
 from .window_checks import check_against_reference, public_api_run

@@ -14,7 +14,7 @@ import torch
 
 from lfvila.kernels import window_attention_qkv
 from lfvila.kernels.testing import window_attention_inputs
-from lfvila.shapes import LFVILA_LAYERS
+from lfvila.model.shapes import LFVILA_LAYERS
 
 from ..helpers import grads, leaves
 from .window_checks import check_against_reference
@@ -76,7 +76,7 @@ _CHILD = r"""
 import hashlib, sys, torch
 from lfvila.kernels import window_attention_qkv
 from lfvila.kernels.testing import window_attention_inputs
-from lfvila.shapes import LFVILA_LAYERS
+from lfvila.model.shapes import LFVILA_LAYERS
 for spec in LFVILA_LAYERS:
     shape = (2, *spec.map_size, spec.heads, spec.head_dim)
     inp = window_attention_inputs(shape, spec.window, torch.bfloat16, "cuda", seed=9, pad_kv=False)

@@ -50,7 +50,7 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
 
 def test_demo_takes_an_existing_empty_folder(tmp_path):
     """`mkdir out && lfvila demo --output-dir out` just works (issue 21)."""
-    from lfvila.demo import MARKER, _fresh_run_dir
+    from lfvila.jobs.demo import MARKER, _fresh_run_dir
 
     out = tmp_path / "out"
     out.mkdir()

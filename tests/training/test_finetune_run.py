@@ -280,18 +280,19 @@ def test_a_video_failing_only_at_its_decode(
 ):
     """Opens and probes fine, fails when decoded (the scan cannot see it): 'error' stops the
     evaluation with one line; 'skip' serves it as zeros, counted as a miss."""
-    from lfvila.data import VideoDecodeError, datasets
+    from lfvila.data import VideoDecodeError
+    from lfvila.data.datasets import base
 
     runs, overlay = weights
     bad = _eval_videos("actnet_ret", overlay, tiny_data, n=1)[0]
-    real = datasets.read_frames
+    real = base.read_frames
 
     def failing(path, indices, backend):
         if str(path) == str(bad):
             raise VideoDecodeError(path, "corrupt or truncated: planted decode failure")
         return real(path, indices, backend)
 
-    monkeypatch.setattr(datasets, "read_frames", failing)
+    monkeypatch.setattr(base, "read_frames", failing)
     args = [*_configs("actnet_ret", overlay), f"data.root={tiny_data}", "--weights", str(runs[1]),
             f"eval.on_bad_video={mode}", "--output-dir", str(tmp_path / "out")]  # fmt: skip
     code = main(["evaluate", *args])

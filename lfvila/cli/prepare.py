@@ -1,15 +1,15 @@
-"""The `lfvila prepare longform|videos|check` subcommands (registered by `lfvila.cli`)."""
+"""`lfvila prepare longform|videos|check`: the data preparation steps of `lfvila.prepare`."""
 
 from __future__ import annotations
 
 import argparse
 
-from .cut import X264_PRESETS
-from .longform import TOLERANCE_S
+from ..prepare.cut import X264_PRESETS
+from ..prepare.longform import TOLERANCE_S
 
 
 def _longform(args: argparse.Namespace) -> int:
-    from .longform import prepare_longform
+    from ..prepare.longform import prepare_longform
 
     report = prepare_longform(
         args.metadata,
@@ -28,9 +28,9 @@ def _longform(args: argparse.Namespace) -> int:
 
 
 def _videos(args: argparse.Namespace) -> int:
-    from .cut import EncodeOptions
-    from .metadata import PrepareError
-    from .videos import parse_shard, prepare_videos
+    from ..prepare.cut import EncodeOptions
+    from ..prepare.metadata import PrepareError
+    from ..prepare.videos import parse_shard, prepare_videos
 
     try:
         opts = EncodeOptions(
@@ -62,7 +62,7 @@ def _videos(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import prepare_check
+    from ..prepare.check import prepare_check
 
     report = prepare_check(
         args.annotations,

@@ -21,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .._version import __version__
 from .index import Index, write_index
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ def list_videos(spec: str | os.PathLike, video_root: str | os.PathLike | None = 
         files = sorted(p for p in spec.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
         items = [(p.relative_to(spec).with_suffix("").as_posix(), str(p)) for p in files]
     elif spec.is_file() and spec.suffix == ".jsonl":
-        from .data.annotations import read_jsonl
-        from .data.datasets import video_file
+        from ..data.annotations import read_jsonl
+        from ..data.datasets import video_file
 
         root = Path(video_root) if video_root else spec.parent
         records = read_jsonl(spec, "retrieval")
@@ -161,8 +162,6 @@ def _gather(sources: list[Index], rows: list[tuple[int, int]], max_rows: int = 6
 
 
 def _metadata(encoder, kind: str) -> dict:
-    import lfvila
-
     v = encoder.cfg.model.video
     return {
         "kind": kind,
@@ -170,7 +169,7 @@ def _metadata(encoder, kind: str) -> dict:
         "weights": encoder.weights or "",
         "frames": str(v.num_frames),
         "size": "x".join(map(str, v.input_size)),
-        "lfvila_version": lfvila.__version__,
+        "lfvila_version": __version__,
     }
 
 
@@ -180,7 +179,7 @@ def read_texts(
     """[(id, paragraph)] of a .jsonl file ({id or clip_id, text: str or [sentences]}) or a text
     file (one paragraph a line, split into sentences; id = the line number). `option`: the
     command-line option that named the file, for the error messages."""
-    from .encode import split_sentences
+    from .encoder import split_sentences
 
     path = Path(path)
     if not path.is_file():

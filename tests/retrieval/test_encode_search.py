@@ -1,4 +1,4 @@
-"""Using a trained model (lfvila.encode, lfvila.index, lfvila.collection, lfvila.search and the
+"""Using a trained model (lfvila.retrieval: encoder, index, collection, search; and the
 `lfvila encode` / `lfvila search` commands) on tiny pre-training and retrieval fine-tuning runs
 over the generated demo data: features equal the evaluation's, search finds each held-out video
 as often as the evaluation says, chunked top-k equals one matmul (ties included), bad videos are
@@ -15,19 +15,19 @@ from safetensors.torch import load_file
 
 from lfvila import Encoder
 from lfvila.cli import main
-from lfvila.collection import encode_collection, list_videos
 from lfvila.config import load_config
 from lfvila.data.datasets import video_file
 from lfvila.data.video import VideoDecodeError
-from lfvila.encode import split_sentences
-from lfvila.index import Index, write_index
-from lfvila.run import evaluate_weights
-from lfvila.search import evaluate_index, search, topk_rows
+from lfvila.jobs.evaluate import evaluate_weights
+from lfvila.retrieval.collection import encode_collection, list_videos
+from lfvila.retrieval.encoder import split_sentences
+from lfvila.retrieval.index import Index, write_index
+from lfvila.retrieval.search import evaluate_index, search, topk_rows
 from lfvila.tasks import build_task
 from lfvila.training.dist import World
 from lfvila.training.loop import StepContext
 
-from .training.conftest import ROOT, TINY_RUN
+from ..training.conftest import ROOT, TINY_RUN
 
 ACTNET = "datasets/lfvila_data/task/actnet/val1.jsonl"
 
@@ -337,7 +337,7 @@ def test_search_eval_names_its_option_and_format(runs, tmp_path, capsys):
     main(["encode", "text", "--weights", str(run), "--texts", str(texts), "--out", str(out)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"clip": "x", "words": "y"}\n')
-    from lfvila.collection import read_texts
+    from lfvila.retrieval.collection import read_texts
 
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected \{id or clip_id, text\} JSON"):
         read_texts(bad, "--eval")

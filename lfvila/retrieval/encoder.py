@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .config import Config
-from .data.datasets import DataOptions, VideoTextDataset
-from .data.sampling import video_frame_indices
-from .data.text import encode_sentences, get_tokenizer
-from .data.video import VideoDecodeError
+from ..config import Config
+from ..data.containers import VideoDecodeError
+from ..data.datasets import DataOptions, VideoTextDataset
+from ..data.sampling import video_frame_indices
+from ..data.text import encode_sentences, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _data_options(cfg: Config) -> DataOptions:
     v, t = cfg.model.video, cfg.model.text
     vocab = None
     if cfg.data.vocab is not None:
-        from .tasks.common import resolve
+        from ..tasks.common import resolve
 
         vocab = str(resolve(cfg, "data.vocab", cfg.data.vocab, "file"))
     return DataOptions(
@@ -181,7 +181,7 @@ class Encoder:
         """The model of a run directory (its model.safetensors and config.yaml; a fine-tuning
         run's best model is DIR/best) or of a .safetensors file with its config.yaml beside it
         (or `config`). device: default CUDA when available, else the CPU."""
-        from .model.pretrained import _locate, from_pretrained, load_pretrained_config
+        from ..model.pretrained import _locate, from_pretrained, load_pretrained_config
 
         weights, _ = _locate(path)
         cfg = load_pretrained_config(path, config)

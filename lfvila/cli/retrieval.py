@@ -1,5 +1,6 @@
-"""`lfvila encode videos|text` and `lfvila search`: the command-line side of `lfvila.encode`,
-`lfvila.collection` and `lfvila.search` (see their docstrings for the formats)."""
+"""`lfvila encode videos|text` and `lfvila search`: the command-line side of
+`lfvila.retrieval` (its `encoder`, `collection`, `index` and `search` modules; see their
+docstrings for the formats)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .common import prepare_triton_for_cpu
+
 
 def _check_weights(args) -> None:
     if not Path(args.weights).exists():
@@ -16,10 +19,9 @@ def _check_weights(args) -> None:
 
 
 def _encoder(args):
-    from .cli import _prepare_triton_for_cpu
-    from .encode import Encoder
+    from ..retrieval.encoder import Encoder
 
-    _prepare_triton_for_cpu()
+    prepare_triton_for_cpu()
     _check_weights(args)
     kwargs = {"batch_size": args.batch_size, "progress": None if args.progress else False}
     if getattr(args, "workers", None) is not None:
@@ -28,14 +30,14 @@ def _encoder(args):
 
 
 def _encode_videos(args) -> int:
-    from .collection import encode_collection, list_videos
+    from ..retrieval.collection import encode_collection, list_videos
 
     _check_weights(args)
     items = list_videos(args.videos, args.video_root)
     encoder = _encoder(args)
     # one line per unreadable video, with its id, printed here: the encoder's own warning (for
     # library users) would name each a second time, without the id
-    quiet = logging.getLogger("lfvila.encode")
+    quiet = logging.getLogger("lfvila.retrieval.encoder")
     level, quiet.level = quiet.level, logging.ERROR
     try:
         result = encode_collection(encoder, items, args.out, args.chunk_size)
@@ -52,7 +54,7 @@ def _encode_videos(args) -> int:
 
 
 def _encode_text(args) -> int:
-    from .collection import encode_text_file
+    from ..retrieval.collection import encode_text_file
 
     encoder = _encoder(args)
     result = encode_text_file(encoder, args.texts, args.out)
@@ -61,7 +63,7 @@ def _encode_text(args) -> int:
 
 
 def _search(args) -> int:
-    from .index import Index
+    from ..retrieval.index import Index
 
     index = Index(args.index)
     if args.weights is None:
@@ -83,8 +85,8 @@ def _search(args) -> int:
         )
     if args.eval:
         return _search_eval(args, index, encoder)
-    from .encode import split_sentences
-    from .search import search
+    from ..retrieval.encoder import split_sentences
+    from ..retrieval.search import search
 
     paragraphs = [split_sentences(q) for q in args.query]
     queries = encoder.encode_paragraphs(paragraphs)
@@ -111,14 +113,11 @@ def _search(args) -> int:
 
 
 def _search_eval(args, index, encoder) -> int:
-    from .collection import read_texts
-    from .search import evaluate_index
+    from ..retrieval.collection import read_texts
+    from ..retrieval.search import annotated_rows, evaluate_index
 
     records = read_texts(args.eval, "--eval")
-    rows = {vid: i for i, vid in enumerate(index.ids)}
-    records = [(_index_id(vid, rows), text) for vid, text in records]
-    present = [(vid, text) for vid, text in records if vid in rows]
-    missing = len(records) - len(present)
+    present, missing = annotated_rows(index, records)
     if missing:
         print(
             f"lfvila search: warning: {missing} of {len(records)} paragraphs of {args.eval} have "
@@ -128,7 +127,7 @@ def _search_eval(args, index, encoder) -> int:
     if not present:
         raise ValueError(f"--eval {args.eval}: none of its videos is in {args.index}")
     text = encoder.encode_paragraphs([t for _, t in present])
-    metrics = evaluate_index(index, text, [rows[v] for v, _ in present], args.chunk_rows)
+    metrics = evaluate_index(index, text, [row for row, _ in present], args.chunk_rows)
     metrics["missing"] = float(missing)
     if args.json:
         print(json.dumps(metrics, indent=1))
@@ -140,16 +139,6 @@ def _search_eval(args, index, encoder) -> int:
             keys = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
             print(f"{label}: " + "  ".join(f"{k} {metrics[prefix + k]:.2f}" for k in keys))
     return 0
-
-
-def _index_id(clip_id: str, rows: dict) -> str:
-    """An annotation's clip_id as the index names it ('v1.mp4' is the file v1.mp4: id 'v1')."""
-    from .collection import VIDEO_EXTENSIONS
-
-    path = Path(clip_id)
-    if clip_id not in rows and path.suffix.lower() in VIDEO_EXTENSIONS:
-        return path.with_suffix("").as_posix()
-    return clip_id
 
 
 def _common(p) -> None:

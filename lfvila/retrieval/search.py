@@ -20,12 +20,13 @@ fp32 features re-normalised and compared in float64, so the numbers are the eval
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..tasks.retrieval import RECALLS, retrieval_metrics
 from .index import Index
-from .tasks.retrieval import RECALLS, retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,22 @@ def evaluate_index(
     out["items"] = float(len(q))
     out["candidates"] = float(index.count)
     return out
+
+
+def index_id(clip_id: str, rows: dict) -> str:
+    """An annotation's clip_id as the index names it ('v1.mp4' is the file v1.mp4: id 'v1')."""
+    from .collection import VIDEO_EXTENSIONS
+
+    path = Path(clip_id)
+    if clip_id not in rows and path.suffix.lower() in VIDEO_EXTENSIONS:
+        return path.with_suffix("").as_posix()
+    return clip_id
+
+
+def annotated_rows(index: Index, records: list[tuple[str, object]]) -> tuple[list, int]:
+    """[(row, paragraph)] of the annotations (`collection.read_texts`: (clip_id or id,
+    paragraph)) whose video is in `index`, in annotation order, and how many have none there."""
+    rows = {vid: i for i, vid in enumerate(index.ids)}
+    records = [(index_id(vid, rows), text) for vid, text in records]
+    present = [(rows[vid], text) for vid, text in records if vid in rows]
+    return present, len(records) - len(present)

@@ -14,11 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
-from .config import load_config
+from ..config import load_config
 
 logger = logging.getLogger("lfvila")
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 DATA_VERSION = "v4"  # bump when lfvila.data.demo.generate changes its output
 MARKER = ".lfvila-demo"
 TRAIN_VIDEOS = int(os.environ.get("LFVILA_DEMO_VIDEOS", 480))
@@ -36,7 +36,7 @@ def cache_dir() -> Path:
 def ensure_data(data_dir: Path) -> Path:
     """The demo dataset in `data_dir`, generated (atomically: a temporary folder, then a rename)
     when it is not complete there."""
-    from .data import demo
+    from ..data import demo
 
     done, stamp = data_dir / "COMPLETE", f"{DATA_VERSION} {TRAIN_VIDEOS} {VAL_VIDEOS}\n"
     if done.is_file() and done.read_text() == stamp:
@@ -129,8 +129,8 @@ def run_demo(run_dir: Path, overrides=(), data_dir: str | Path | None = None) ->
     numbers are printed either way)."""
     import torch
 
-    from .run import pretrain
-    from .training.metrics import setup_logging
+    from ..training.metrics import setup_logging
+    from .pretrain import pretrain
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")

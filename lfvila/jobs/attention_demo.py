@@ -1,5 +1,5 @@
-"""The attention demo: the fused window-attention path against the reference on a real LF-VILA
-layer shape, with both timings. (`make demo` runs it until the training loop replaces it.)
+"""`lfvila attention-check`: the fused window-attention path against the reference on a real
+LF-VILA layer shape (`lfvila.model.shapes`), with both timings.
 
 On a machine without a GPU the fused path runs in the Triton interpreter: its numbers check
 correctness, and its timing says nothing about speed.
@@ -15,7 +15,7 @@ import torch
 
 from lfvila.kernels.testing import GRADIENT, OUTPUT, error_report
 
-from .shapes import AttentionLayer, layer
+from ..model.shapes import AttentionLayer, layer
 
 
 @dataclasses.dataclass
