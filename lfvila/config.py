@@ -215,10 +215,12 @@ class KernelConfig:
     self_check_batch: int | None = None
     """Batch of that check. null: train.batch_size, so the check compiles and runs the same
     kernel variants as the training (program counts and loop trip counts follow the batch);
-    1 is the cheapest."""
-    on_mismatch: Literal["error", "fallback"] = "error"
-    """A kernel that disagrees with its reference: 'error' stops with a message naming the
-    layer, the shape and the error; 'fallback' runs those calls on the reference and says so."""
+    a call signature the check did not cover (another batch, in evaluation say) is checked on
+    its first call during the run, with the same on_mismatch."""
+    on_mismatch: Literal["error", "fallback"] = "fallback"
+    """A kernel that disagrees with its reference: 'fallback' runs those calls on the reference,
+    says so in the run's first lines and records them in <run_dir>/kernel_check.json; 'error'
+    stops with a message naming the layer, the shape and the error."""
 
     def __post_init__(self):
         if self.self_check_batch is not None and self.self_check_batch < 1:

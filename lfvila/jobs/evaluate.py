@@ -37,12 +37,14 @@ def evaluate_weights(cfg: Config, weights: str | Path, run_dir: str | Path) -> d
         report = load_weights_any(model, weights, strict=True)
         logger.info("weights %s: %s", weights, report_line(report, "weights"))
 
-        from ..training.kernel_check import run_kernel_self_check
+        from ..training.kernel_check import run_kernel_self_check, write_kernel_record
 
         engine = InferenceEngine(model, world)
-        run_kernel_self_check(engine.module, cfg, engine, world)  # before any evaluation
+        run_kernel_self_check(engine.module, cfg, engine, world, run_dir)  # before evaluating
         ctx = StepContext(world, None, torch.Generator().manual_seed(cfg.train.seed))
         results = evaluate(engine, evaluations, ctx)
+        if cfg.kernels.self_check:  # with the first-call checks evaluation made
+            write_kernel_record(run_dir, world, cfg.kernels.on_mismatch)
         if world.is_main:
             for name, metrics in results.items():
                 logger.info("%s: %s", name, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

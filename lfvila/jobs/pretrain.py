@@ -31,6 +31,7 @@ from ..config import Config, dump_config
 from ..training.checkpoint import CheckpointManager, TrainerState, write_text_atomic
 from ..training.dist import World
 from ..training.engine import build_engine, prepare_deepspeed_env, resolve_engine
+from ..training.kernel_check import write_kernel_record
 from ..training.loop import RunSettings, StepContext, train
 from ..training.metrics import setup_logging
 from ..training.optim import LRSchedule, build_optimizer, freeze_excluded
@@ -124,7 +125,7 @@ def pretrain(
         if world.is_main:
             write_text_atomic(run_dir / "config.yaml", config_text)
             _announce(cfg, run_dir, world, engine_name, parts)
-        _prepare_engine(parts.engine, cfg, world)
+        checked = _prepare_engine(parts.engine, cfg, world, run_dir)
         hint = resume_command(config_path, run_dir, overrides, world, command)
         settings = _settings(cfg, run_dir, world, parts, config_text, hint)
         settings.on_best = BestExport(
@@ -138,6 +139,8 @@ def pretrain(
             state, ctx, eval_ctx, history,
         )  # fmt: skip
         final = history.items[-1][1] if history.items else {}
+        if checked:  # with the first-call checks the run made since
+            write_kernel_record(run_dir, world, cfg.kernels.on_mismatch)
         failures = failure_summary(parts.loader, world)  # every rank: a collective
         if stopped is None:
             _finish(cfg, run_dir, world, parts, checkpoints, state, final, export_dtype)
@@ -221,12 +224,13 @@ def _announce(cfg: Config, run_dir: Path, world: World, engine_name: str, parts:
     )
 
 
-def _prepare_engine(engine, cfg: Config, world: World) -> None:
-    """Before any step: the kernel self-check, then regional torch.compile where enabled."""
+def _prepare_engine(engine, cfg: Config, world: World, run_dir: Path) -> bool:
+    """Before any step: the kernel self-check (recorded in run_dir/kernel_check.json), then
+    regional torch.compile where enabled. Returns whether the check ran."""
     from ..training import compile as regional
     from ..training.kernel_check import run_kernel_self_check
 
-    run_kernel_self_check(engine.module, cfg, engine, world)
+    checked = run_kernel_self_check(engine.module, cfg, engine, world, run_dir) is not None
     if regional.compile_enabled(cfg.train.compile, world.device):
         counts = regional.compile_blocks(engine.module)
         logger.info(
@@ -234,6 +238,7 @@ def _prepare_engine(engine, cfg: Config, world: World) -> None:
             "its first call; train.compile=false turns it off)",
             counts["video"], counts["text"],
         )  # fmt: skip
+    return checked
 
 
 def _settings(

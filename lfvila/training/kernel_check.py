@@ -10,15 +10,21 @@ What is checked:
   training batch (train.batch_size x processes) and the projection's dtype under that precision.
 Nothing runs where nothing is fused (CPU tensors take the reference unless a backend is forced).
 
-Every rank checks; the verdicts are summed over ranks, so all stop together
-(`kernels.on_mismatch=error`: KernelMismatchError naming the layer, shape and error) or all send
-the same calls to the reference (`fallback`).
+Every rank checks; the verdicts are summed over ranks, so all send the same calls to the
+reference (`kernels.on_mismatch=fallback`, the default: a warning per call and a summary line
+naming them all) or all stop together (`error`: KernelMismatchError naming the layer, shape and
+error). After the check the process's first-call check takes the run's `on_mismatch`, so a call
+signature met later (another batch in evaluation, a last partial batch) is checked on its first
+call. `<run_dir>/kernel_check.json` records every check and every call that fell back: written
+after the check and again at the end of the run (`write_kernel_record`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -112,11 +118,14 @@ def _loss_calls(model, cfg: Config, engine, world) -> list:
     return [(call, "loss") for call in calls]
 
 
-def run_kernel_self_check(model, cfg: Config, engine, world) -> list | None:
+def run_kernel_self_check(
+    model, cfg: Config, engine, world, run_dir: Path | None = None
+) -> list | None:
     """Check every fused kernel `model` will run; apply `kernels.on_mismatch` on a mismatch.
 
     Returns the CheckResults (None when the check is off or nothing is fused). Raises
-    KernelMismatchError (every rank) in 'error' mode when any rank found a mismatch.
+    KernelMismatchError (every rank) in 'error' mode when any rank found a mismatch. With
+    `run_dir`, rank 0 writes run_dir/kernel_check.json.
     """
     if not cfg.kernels.self_check:
         return None
@@ -128,6 +137,8 @@ def run_kernel_self_check(model, cfg: Config, engine, world) -> list | None:
     if not calls:
         logger.debug("kernel self-check: nothing runs fused on %s", world.device)
         return None
+    # signatures the run meets later are checked on their first call, by the run's policy
+    self_check.set_first_call_check(cfg.kernels.on_mismatch)
     results = check_calls(calls, on_mismatch=None, log=logger.info)
     # the same calls on every rank (one config): sum the verdicts so all ranks act alike
     bad = world.sum(torch.tensor([0.0 if r.ok else 1.0 for r in results]))
@@ -138,7 +149,7 @@ def run_kernel_self_check(model, cfg: Config, engine, world) -> list | None:
             result.message = f"mismatch on {int(count)} other rank(s); this rank matched"
         if not result.ok:
             failed.append(result)
-    where = torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else "the CPU"
+    where = _device_name(world.device)
     seconds = time.perf_counter() - start
     if not failed:
         logger.info(
@@ -146,11 +157,47 @@ def run_kernel_self_check(model, cfg: Config, engine, world) -> list | None:
             "(%.1f s, compilation included)",
             len(results), batch, where, seconds,
         )  # fmt: skip
+        write_kernel_record(run_dir, world, cfg.kernels.on_mismatch)
         return results
     self_check.apply_mismatch_policy(failed, cfg.kernels.on_mismatch)  # raises in "error" mode
     logger.warning(
         "kernel self-check: %d of %d fused call(s) disagree with the reference on %s; they run "
-        "on the reference backend (kernels.on_mismatch=fallback)",
+        "on the reference backend (kernels.on_mismatch=fallback): %s",
         len(failed), len(results), where,
+        "; ".join(f"{r.where()}: {r.call.describe()}" for r in failed),
     )  # fmt: skip
+    write_kernel_record(run_dir, world, cfg.kernels.on_mismatch)
     return results
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+
+
+def write_kernel_record(run_dir: Path | None, world, on_mismatch: str) -> None:
+    """run_dir/kernel_check.json (rank 0): every check of this process (the run's and the
+    first-call checks since) and every call signature that runs on the reference."""
+    if run_dir is None or not world.is_main or not self_check.results():
+        return
+    from .checkpoint import write_text_atomic
+
+    fallbacks = self_check.fallback_calls()
+    record = {
+        "device": _device_name(world.device),
+        "on_mismatch": on_mismatch,
+        "checks": [
+            {
+                "call": r.call.describe(),
+                "modules": r.modules,
+                "ok": r.ok,
+                "worst_error_vs_bound": r.worst,
+                "seconds": round(r.seconds, 3),
+                "message": r.message,
+            }
+            for r in self_check.results()
+        ],
+        "fallbacks": [
+            {"call": call.describe(), "why": why.splitlines()[0]} for call, why in fallbacks.items()
+        ],
+    }
+    write_text_atomic(Path(run_dir) / "kernel_check.json", json.dumps(record, indent=1) + "\n")
