@@ -5,7 +5,9 @@ missing one becomes a reason string (see `can_run_triton`), never an ImportError
 
 Public API:
     window_attention(q, k, v, window_size, shift_size, rel_pos_bias, scale, pad_kv, mask_value,
-        backend) -> Tensor          fused 3D (shifted) window attention with relative position bias
+        backend, ..., attn_bias) -> Tensor
+                                    fused 3D (shifted) window attention with an additive bias: a
+                                    relative-position table or any dense (heads or 1, N, N) bias
     window_attention_qkv(qkv, ...)  the same on a packed (B, T, H, W, 3, heads, D) qkv, whose
                                     gradient the kernels write in place (the module's path)
     window_attention_ref(...)       its pure-PyTorch specification
@@ -18,8 +20,9 @@ Public API:
     self_check(module, *example_args, on_mismatch) -> [CheckResult]
                                     every fused call `module` makes, checked against the
                                     reference on this machine, forward and backward
-    set_first_call_check(mode)      the same check on each distinct call's first use ("error" or
-                                    "fallback"; or LFVILA_KERNEL_SELF_CHECK=error|fallback)
+    set_first_call_check(mode)      the same check on each call signature's first use: "auto"
+                                    (the default: "fallback" on CUDA, off on the CPU), "off",
+                                    "error" or "fallback"; or LFVILA_KERNEL_SELF_CHECK
     KernelMismatchError             what a failed check raises in "error" mode
 """
 

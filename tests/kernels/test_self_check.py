@@ -354,3 +354,23 @@ def test_during_graph_capture_an_unchecked_call_runs_fused_with_a_warning(monkey
         window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton")
     assert not checked
     assert caplog.text.count("UNCHECKED") == 1 and "CUDA-graph capture" in caplog.text
+
+
+def test_planted_wrong_kernel_in_the_torchvision_patch(monkeypatch):
+    """The torchvision drop-in meets the same check: its output is the unpatched module's."""
+    import copy
+
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    from lfvila.kernels import patch_torchvision_swin3d
+
+    _wrong_forward(monkeypatch)
+    set_first_call_check("fallback")
+    torch.manual_seed(0)
+    block = ShiftedWindowAttention3d(32, [2, 3, 5], [0, 1, 2], num_heads=2).to(DEVICE)
+    model = torch.nn.Sequential(block)
+    patched = patch_torchvision_swin3d(copy.deepcopy(model), backend="triton")
+    x = torch.randn(1, 4, 6, 10, 32, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(patched(x), model(x), rtol=1e-5, atol=1e-5)
+    assert len(_self_check.fallback_calls()) == 1
