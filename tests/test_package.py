@@ -99,6 +99,8 @@ def test_setup_installs_every_package():
         if d.is_dir() and any(d.glob("*.py")) and "__pycache__" not in d.parts
     }
     assert folders <= found, folders - found
+    # and the data files read at import (the auto table of window attention)
+    assert '"lfvila.kernels.window_attn": ["auto_table.json"]' in (ROOT / "setup.py").read_text()
 
 
 def test_suite_collects_and_skips_without_optional_packages():

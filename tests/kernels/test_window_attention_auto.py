@@ -225,3 +225,28 @@ def test_env_sdpa_applies_to_window_attention_only(monkeypatch):
     with pytest.raises(ValueError, match="contrastive_loss backend 'sdpa' cannot run: "
                                          "contrastive_loss has no sdpa backend"):  # fmt: skip
         contrastive_loss(a, a.flip(0), backend="sdpa")
+
+
+def test_the_writer_sums_a_window_size_over_its_cases_and_compares_shared_routes():
+    """benchmarks/auto_table.py: per (dtype, tokens), the fwd+bwd times of the routes measured
+    in every case of that key are summed (a layer's shifted and unshifted blocks); outside
+    baselines, auto itself and other modes do not compete."""
+    from benchmarks.auto_table import measured_entries
+
+    def row(case, provider, ms, tokens=120, mode="fwd_bwd"):
+        return dict(level="op", mode=mode, case=case, provider=provider, dtype="bfloat16",
+                    tokens=tokens, median_ms=ms, gpu_ms=ms, name=f"{case}-{provider}")  # fmt: skip
+
+    rows = [
+        row("L2", "triton", 1.0), row("L2-shift", "triton", 2.5),  # 3.5 in all
+        row("L2", "sdpa", 1.5), row("L2-shift", "sdpa", 1.5),  # 3.0: the winner
+        row("L2", "reference", 0.1),  # not measured in L2-shift: cannot compete
+        row("L2", "sdpa-windows", 0.1), row("L2-shift", "sdpa-windows", 0.1),  # a baseline
+        row("L2", "auto", 0.1), row("L2-shift", "auto", 0.1),
+        row("L2", "triton", 0.1, mode="fwd"),
+        row("L0", "triton", 0.5, tokens=30), row("L0", "sdpa", 0.9, tokens=30),
+    ]  # fmt: skip
+    [l0, l2] = measured_entries(rows)
+    assert (l0.tokens, l0.backend, l0.ms) == (30, "triton", (("triton", 0.5), ("sdpa", 0.9)))
+    assert (l2.tokens, l2.backend, l2.cases) == (120, "sdpa", ("L2", "L2-shift"))
+    assert l2.ms == (("sdpa", 3.0), ("triton", 3.5))
