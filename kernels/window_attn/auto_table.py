@@ -287,7 +287,13 @@ def explain(device_type: str, index: int, dtype: torch.dtype, tokens: int) -> Au
     return lookup(TABLE, gpu, capability, dtype, tokens)
 
 
-# A constant of the graph while torch.compile traces (constant arguments only).
+# Constants of the graph while torch.compile traces (constant arguments only): dynamo calls
+# them eagerly instead of tracing the lookup.
 @torch.compiler.assume_constant_result
 def preferred_backend(device_type: str, index: int, dtype: torch.dtype, tokens: int) -> str:
     return explain(device_type, index, dtype, tokens).backend
+
+
+@torch.compiler.assume_constant_result
+def preferred_reason(device_type: str, index: int, dtype: torch.dtype, tokens: int) -> str:
+    return explain(device_type, index, dtype, tokens).reason

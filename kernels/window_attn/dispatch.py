@@ -89,7 +89,7 @@ def _backend_args(backend: str, q, k, v, dropout_p, geom: WindowGeometry):
     return dict(
         op="window_attention", backend=backend, x=q, checks=checks, priority=PRIORITY,
         auto=lambda: auto_table.preferred_backend(*where),
-        auto_reason=lambda: auto_table.explain(*where).reason,
+        auto_reason=lambda: auto_table.preferred_reason(*where),
     )  # fmt: skip
 
 

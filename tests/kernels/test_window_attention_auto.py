@@ -250,3 +250,16 @@ def test_the_writer_sums_a_window_size_over_its_cases_and_compares_shared_routes
     assert (l0.tokens, l0.backend, l0.ms) == (30, "triton", (("triton", 0.5), ("sdpa", 0.9)))
     assert (l2.tokens, l2.backend, l2.cases) == (120, "sdpa", ("L2", "L2-shift"))
     assert l2.ms == (("sdpa", 3.0), ("triton", 3.5))
+
+
+def test_the_table_lookup_is_a_constant_of_a_compiled_graph(on_h200):
+    """What dispatch asks the table while torch.compile traces (a GPU block under regional
+    compile) is evaluated eagerly: one graph, no break, the table's answer baked in."""
+
+    def fn(x):
+        first = auto_table.preferred_backend("cuda", 0, torch.bfloat16, 120)
+        why = auto_table.preferred_reason("cuda", 0, torch.bfloat16, 30)
+        return x + 1 if first == "sdpa" and why.startswith("table: NVIDIA H200") else x - 1
+
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(torch.zeros(3)), torch.ones(3))
