@@ -18,12 +18,15 @@ Gradients flow to q, k, v, the pad vectors and the bias by autograd: SDPA's back
 mask's gradient, summed over the batch by the broadcast; a table receives it through
 `bias.table_bias` (the fused path's fixed-order fold).
 
-Determinism: the CPU kernels and SDPA's math kernel are deterministic. On a GPU the
-memory-efficient backward splits keys across thread blocks and adds their partial dq with
-atomics (not bitwise repeatable run to run); cuDNN's SDPA backward is not deterministic either.
-`torch.use_deterministic_algorithms(True)` makes PyTorch skip cuDNN and run the memory-efficient
-backward with one key split (deterministic, maybe slower); with `warn_only=True` it only warns
-("Memory Efficient attention defaults to a non-deterministic algorithm").
+Determinism: the CPU kernels and SDPA's math kernel are deterministic. On a GPU (a float mask
+rules out the flash kernel) the memory-efficient backward may split the keys over thread blocks
+(`num_splits_key` > 1) and accumulate their partial gradients in an order that varies run to
+run, and cuDNN's SDPA is not deterministic either. `torch.use_deterministic_algorithms(True)`
+makes PyTorch skip cuDNN and run the memory-efficient backward with one key split
+(deterministic, maybe slower); with `warn_only=True` it only warns ("Memory Efficient attention
+defaults to a non-deterministic algorithm") and stays nondeterministic. The table's gradient is
+the fused path's fixed-order fold (deterministic); without Triton on a GPU it is index_add_,
+deterministic only under that same switch.
 """
 
 from __future__ import annotations
