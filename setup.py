@@ -21,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGES = ["lfvila", *(f"lfvila.{p}" for p in find_packages("lfvila"))]
 PACKAGES += ["lfvila.kernels", *(f"lfvila.kernels.{p}" for p in find_packages("kernels"))]
 PACKAGE_DIR = {"lfvila": "lfvila", "lfvila.kernels": "kernels"}
+# data files read at import: window attention's measured `auto` table
+PACKAGE_DATA = {"lfvila.kernels.window_attn": ["auto_table.json"]}
 
 
 def _cuda_extension_kwargs() -> dict:
@@ -70,6 +72,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    package_data=PACKAGE_DATA,
     install_requires=[
         # torch 2.11 / triton 3.6 (the GPU image) work too; requirements.txt pins CI.
         "torch>=2.11",

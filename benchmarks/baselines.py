@@ -2,8 +2,11 @@
 
 - `video_swin_eager`: the unfused eager steps of Video-Swin and torchvision (pad, roll, partition,
   matmul, + bias, + mask, softmax, matmul, reverse, roll back, unpad).
-- `sdpa_windows`: the same partition, then `scaled_dot_product_attention` with a dense float
-  bias (RPB + shift mask expanded over windows and batch, as xFormers-style kernels need).
+- `sdpa_windows` (provider "sdpa-windows"): the same partition, then
+  `scaled_dot_product_attention` with a dense float bias (RPB + shift mask expanded over windows
+  and batch, as xFormers-style kernels need): the "SDPA on windows" of the 2026-12-04 H200 table.
+  The library's own `backend="sdpa"` (kernels/window_attn/sdpa.py) differs: one gather instead
+  of roll/pad/partition copies, and one mask per call broadcast over the batch.
 - `flex_windows`: FlexAttention over the partitioned sequence: RPB and shift mask as a score_mod,
   windows as a block mask (compiled; GPU only, FlexAttention has no CPU backward).
 - `naive_contrastive`: the symmetric InfoNCE with its full N×N logits.

@@ -6,8 +6,9 @@
 #                                                 the Markdown report (about 8 minutes on an H100)
 #   benchmarks/gpu_check.sh --quick [--out DIR]   correctness first (every GPU test, 8 workers when
 #                                                 pytest-xdist is there), then a short benchmark
-#                                                 slice (window attention fwd+bwd, lfvila vs SDPA,
-#                                                 every layer; copy bandwidth): within 5 minutes
+#                                                 slice (window attention fwd+bwd, every layer:
+#                                                 backends triton, sdpa and auto; copy bandwidth)
+#                                                 and auto's table: within 7 minutes
 #   benchmarks/gpu_check.sh --bisect [...]        the window-attention bisect (launch variants,
 #                                                 toolkit ptxas, no integer specialisation x
 #                                                 failing cases; compute-sanitizer; the row map of
@@ -22,13 +23,15 @@
 #                                                 interpreter, so the script is tested by `make test`
 #
 # One session with 15 minutes of device time: `benchmarks/gpu_check.sh --quick --bisect --out $OUT`
-# (about 7 minutes). Every step runs under its own time limit; a step that fails or times out is
+# (about 8 minutes). Every step runs under its own time limit; a step that fails or times out is
 # reported and the next one still runs. Writes to DIR (default benchmarks/results):
 # gpu_env_<tag>_<date>.log, gpu_tests_<tag>_<date>.log, bisect_table.md (with the ptxas versions,
 # the delta table and the row map) and bisect_logs_<tag>_<date>.tgz (launch logs, per-variant
-# cells, sanitizer logs), gpu_check_<tag>_<date>.json (raw pytest-benchmark) and
-# gpu_check_<tag>_<date>.md (the report, with a .png): at most 7 files, as a device call brings
-# back 8. Exit status: 0 when every step passed; the report is still written otherwise.
+# cells, sanitizer logs), gpu_check_<tag>_<date>.json (raw pytest-benchmark),
+# gpu_check_<tag>_<date>.md (the report, with a .png) and auto_table.json (`auto`'s window-attention
+# table with this GPU's measured entries merged in: benchmarks/auto_table.py; copy it over
+# kernels/window_attn/auto_table.json to ship it): at most 8 files, as a device call brings back 8.
+# Exit status: 0 when every step passed; the report is still written otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +44,7 @@ while [ $# -gt 0 ]; do
     --bisect) bisect=1 ;;
     --train) train=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -159,7 +162,8 @@ json="$out/gpu_check_${tag}_${date}.json"
 benchmarks() {
   local select=()
   if [ "$quick" = 1 ]; then
-    select=(-k "copy_bandwidth or (window_attention_op and fwd_bwd and (triton or sdpa))")
+    # the library's routes (what auto's table needs) and auto itself; not the outside baselines
+    select=(-k "copy_bandwidth or (window_attention_op and fwd_bwd and (triton or sdpa or auto) and not sdpa-windows)")
   elif [ "$train" = 1 ]; then
     select=(benchmarks/test_bench_train_step.py)
   fi
@@ -180,15 +184,19 @@ report() {
   [ "$quick" = 1 ] && flags+=" --quick"
   [ "$train" = 1 ] && flags+=" --train"
   limited "$py" benchmarks/report.py "$json" --out "$out/gpu_check_${tag}_${date}.md" \
-    --command "benchmarks/gpu_check.sh$flags"
+    --command "benchmarks/gpu_check.sh$flags" || return $?
+  [ "$train" = 1 ] && return 0  # no window-attention op rows: no table
+  # auto's table from the op rows (fwd+bwd of triton / sdpa / reference per window size)
+  limited "$py" benchmarks/auto_table.py "$json" --out "$out/auto_table.json"
 }
 
 if [ "$quick" = 1 ]; then
-  # worst case 200 + 220 + 120 + 30 s: inside a device call's 10 minutes with room to spare
+  # worst case 200 + 220 + 150 + 30 s: a device call's 10 minutes (the bisect stops its own
+  # cells 30 s early; the report and the table take seconds)
   step "GPU tests" 200 tests
   [ "$bisect" = 1 ] && step "window-attention bisect" 220 bisect
-  step "benchmark slice" 120 benchmarks
-  step "report" 30 report
+  step "benchmark slice" 150 benchmarks
+  step "report and auto table" 30 report
 elif [ "$train" = 1 ]; then
   # full-size models, 2 stages x 2 backends x eager/compiled, the profile, checkpointing
   step "training-step benchmarks" 540 benchmarks
@@ -198,7 +206,7 @@ elif [ "$bisect" = 1 ]; then
 else
   step "GPU tests" 900 tests
   step "GPU benchmarks" 1800 benchmarks
-  step "report" 60 report
+  step "report and auto table" 60 report
 fi
 echo "== gpu_check ($tag): done in $(( $(date +%s) - start )) s, status $status; results in $out"
 exit $status

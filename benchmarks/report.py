@@ -149,6 +149,45 @@ def target_checks(rows: list[dict], copy_gbs: float | None) -> list[str]:
     return lines
 
 
+LIBRARY_ROUTES = ("triton", "cuda", "sdpa", "reference")
+PYTORCH_ROUTES = ("sdpa", "reference", "video-swin-eager", "sdpa-windows", "flex")
+AUTO_NOISE = 0.05  # the same route timed twice in one run differs by a few percent
+
+
+def auto_table(rows: list[dict]) -> list[str]:
+    """Issue 27: per case (fwd+bwd), the fastest library route, what `auto` ran (its choice and
+    time, measured in the same run) and auto against PyTorch's best route (target: never slower,
+    within timing noise)."""
+    by_case = defaultdict(dict)
+    for r in rows:
+        if r.get("level") == "op" and r.get("mode") == "fwd_bwd":
+            by_case[r["case"]][r["provider"]] = r
+    lines = []
+    for case, by in sorted(by_case.items()):
+        auto = by.get("auto")
+        routes = {p: device_ms(r) for p, r in by.items() if p in LIBRARY_ROUTES}
+        torch_routes = {p: device_ms(r) for p, r in by.items() if p in PYTORCH_ROUTES}
+        if auto is None or not routes or not torch_routes:
+            continue
+        best, pt = min(routes, key=routes.get), min(torch_routes, key=torch_routes.get)
+        ms = device_ms(auto)
+        ratio = torch_routes[pt] / ms
+        verdict = "met" if ratio >= 1 - AUTO_NOISE else "NOT met"
+        lines.append(
+            f"| {case} | {auto.get('tokens', '-')} | {best} {_fmt(routes[best])} | "
+            f"{auto.get('auto_choice', '?')} {_fmt(ms)} | {_fmt(routes[best] / ms)}x | "
+            f"{pt} {_fmt(torch_routes[pt])} | {ratio:.2f}x, {verdict} |"
+        )
+    if not lines:
+        return []
+    return [
+        "| case | window tokens | fastest library route, ms | auto ran, ms | auto vs fastest | "
+        "best PyTorch route, ms | auto vs it (>= 0.95x) |",
+        "|---|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
 def module_table(rows: list[dict]) -> list[str]:
     mods = [r for r in rows if r.get("level") == "module"]
     if not mods:
@@ -454,6 +493,13 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## The attention op (q, k, v -> o with RPB and shift)", "", *table, ""]
     if checks := target_checks(rows, copy_gbs):
         lines += ["## Targets (issue 2)", "", *checks, ""]
+    if table := auto_table(rows):
+        lines += [
+            "## `auto` against every route (issue 27; benchmarks/auto_table.py writes the table)",
+            "",
+            *table,
+            "",
+        ]
     if table := module_table(rows):
         lines += ["## Whole module vs torchvision's ShiftedWindowAttention3d", "", *table, ""]
     if table := loss_table(rows):

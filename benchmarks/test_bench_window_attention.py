@@ -4,8 +4,11 @@ CPU (every `make test` runs them once with --benchmark-disable; `make bench` tim
     module vs module, `WindowAttention3D` (reference path) vs torchvision's
     `ShiftedWindowAttention3d` with the same weights, fwd and fwd_bwd, batch 1, fp32.
 GPU (marked `gpu`; benchmarks/gpu_check.sh), bf16, LF-VILA's per-GPU batch 16:
-    the op q, k, v -> o with RPB and shift: triton vs reference vs Video-Swin's eager steps vs
-    SDPA on partitioned windows vs FlexAttention, fwd / bwd / fwd_bwd, with TFLOP/s and GB/s;
+    the op q, k, v -> o with RPB and shift: every library route (`window_attention` with
+    backend "triton", "sdpa" and "auto", and the reference) against the outside baselines
+    (Video-Swin's eager steps, "sdpa-windows": SDPA on windows with a batch-expanded mask as
+    users assemble it, FlexAttention), fwd / bwd / fwd_bwd, with TFLOP/s and GB/s; the fwd_bwd
+    rows of the library routes are what benchmarks/auto_table.py turns into `auto`'s table;
     the whole module vs torchvision's; and the device-to-device copy bandwidth (the roofline).
 Every provider's output first passes the error-ratio rule against the reference.
 """
@@ -23,8 +26,15 @@ from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 from benchmarks import baselines
 from benchmarks.shapes import CPU_BATCH, GPU_BATCH, attention_cases, smoke_mode
 from benchmarks.utils import run, window_attention_cost
-from lfvila.kernels import WindowAttention3D, can_run_triton, window_attention, window_attention_ref
+from lfvila.kernels import (
+    WindowAttention3D,
+    can_run_triton,
+    explain_window_backend,
+    window_attention,
+    window_attention_ref,
+)
 from lfvila.kernels.testing import assert_error_ratio, no_tf32, window_attention_inputs
+from lfvila.kernels.window_attn.geometry import window_geometry
 
 CASES = attention_cases()
 CASE_IDS = [case_id for case_id, _, _ in CASES]
@@ -131,13 +141,18 @@ def test_bench_window_attention_module_cpu_paired(benchmark, case_id, mode):
 # ---------------------------------------------------------------------------------------------
 # GPU: the attention op alone
 
+
+def _backend(name: str):
+    return lambda q, k, v, w, s, t, sc, p: window_attention(q, k, v, w, s, t, sc, p, backend=name)
+
+
 OP_PROVIDERS = {
-    "triton": lambda q, k, v, w, s, t, sc, p: window_attention(
-        q, k, v, w, s, t, sc, p, backend="triton"
-    ),
+    "triton": _backend("triton"),
+    "sdpa": _backend("sdpa"),
+    "auto": _backend("auto"),  # what the measured table picks here (the reference on a CPU)
     "reference": lambda q, k, v, w, s, t, sc, p: window_attention_ref(q, k, v, w, s, t, sc, p),
     "video-swin-eager": baselines.video_swin_eager,
-    "sdpa": baselines.sdpa_windows,
+    "sdpa-windows": baselines.sdpa_windows,
     "flex": baselines.flex_windows,
 }
 
@@ -209,10 +224,12 @@ def test_bench_window_attention_op(benchmark, case_id, provider, mode):
             torch.autograd.grad(fn(*leaves, *args), inputs, grad)
 
     flops, bytes_ = window_attention_cost(spec, batch, mode, GPU_DTYPE)
+    tokens = window_geometry(spec.map_size, spec.window).tokens  # the auto table's key
+    info = {"auto_choice": explain_window_backend(inp["q"], spec.window, shift)[0]}
     benchmark.group = f"op-{case_id}-{mode}"
     run(benchmark, step, GPU_DEVICE, repeat=5, provider=provider, mode=mode, case=case_id,
         dtype=str(GPU_DTYPE).replace("torch.", ""), batch=batch, flops=flops, bytes=bytes_,
-        level="op")  # fmt: skip
+        level="op", tokens=tokens, **(info if provider == "auto" else {}))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ Public API:
         backend, ..., attn_bias) -> Tensor
                                     fused 3D (shifted) window attention with an additive bias: a
                                     relative-position table or any dense (heads or 1, N, N) bias
+                                    (backends triton, sdpa, reference; auto by a measured table)
+    explain_window_backend(q, window_size, shift_size, backend) -> (backend, reason)
+                                    what window_attention would run for q, and why
     window_attention_qkv(qkv, ...)  the same on a packed (B, T, H, W, 3, heads, D) qkv, whose
                                     gradient the kernels write in place (the module's path)
     window_attention_ref(...)       its pure-PyTorch specification
@@ -49,7 +52,9 @@ from .contrastive import (
 from .window_attn import (
     WindowAttention3D,
     can_run_cuda,
+    can_run_sdpa,
     can_run_triton,
+    explain_window_backend,
     patch_torchvision_swin3d,
     relative_position_index,
     window_attention,
@@ -65,10 +70,12 @@ __all__ = [
     "MTCLoss",
     "WindowAttention3D",
     "can_run_cuda",
+    "can_run_sdpa",
     "can_run_triton",
     "check_calls",
     "contrastive_loss",
     "contrastive_loss_ref",
+    "explain_window_backend",
     "gather_batch",
     "mtc_labels",
     "mtc_loss",

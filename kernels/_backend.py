@@ -15,7 +15,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "triton", "cuda", "reference")
+BACKENDS = ("auto", "triton", "cuda", "sdpa", "reference")
 
 
 @functools.cache

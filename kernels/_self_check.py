@@ -13,23 +13,26 @@ everywhere else). So the fused ops check themselves on the user's machine:
   (loop trip counts and Triton's specialisation of integers equal to 1 follow it), the strides,
   the dtypes, the op's settings (window attention: window, shift, bias kind and dtype, pad
   vectors, packed qkv). On a mismatch ("fallback", the default) one warning names the signature
-  and the error and that signature runs on the reference for the rest of the process; "error"
-  raises `KernelMismatchError` instead. `LFVILA_KERNEL_SELF_CHECK=off` turns it off (benchmarks),
+  and the error and that signature runs on its fallback route for the rest of the process: the
+  fastest correct one the op registered (window attention: its sdpa backend where SDPA can run
+  the signature, else the reference; the losses: the reference); "error" raises
+  `KernelMismatchError` instead. `LFVILA_KERNEL_SELF_CHECK=off` turns it off (benchmarks),
   `=fallback|error` turns it on on every device (the CPU's interpreter too),
   `set_first_call_check(...)` does the same from Python.
 - Under torch.compile (while dynamo traces) and during CUDA-graph capture a check cannot run.
-  Capture: a signature already checked keeps its verdict (a fallback is captured as the
-  reference); one never checked runs the fused kernel unchecked, with one warning naming it.
+  Capture: a signature already checked keeps its verdict (a fallback is captured as its
+  fallback route); one never checked runs the fused kernel unchecked, with one warning naming it.
   torch.compile decides on the call's settings (op, dtype, window, shift, bias kind...), since
   its sizes may be symbolic in a trace: if any signature of those settings fell back, the graph
-  runs the reference at every size; settings never checked run fused, with that warning.
+  runs the fallback route at every size; settings never checked run fused, with that warning.
   Check first: one eager call, `self_check(model, ...)`, or `lfvila pretrain` / `finetune`,
   which check every call of the model before the first step (lfvila/training/kernel_check.py).
 - `self_check(module, *example_args)` runs `module(*example_args)` once without gradients,
   records every fused call it makes (and the module that made it), then checks each distinct
   one. `check_calls(calls)` does the same for calls recorded with `record_fused_calls()`.
 
-The ops register their checks here (`register_check`), so this module imports none of them.
+The ops register their checks and fallback routes here (`register_check`), so this module
+imports none of them.
 A check costs one fused and two reference forward+backward passes.
 """
 
@@ -140,20 +143,32 @@ class CheckResult:
 # State: recording, module labels, verdicts, fallbacks, the first-call setting.
 
 _recording: list[tuple[FusedCall, str]] | None = None
-_fallback: dict[FusedCall, str] = {}  # signature -> why it runs on the reference
+_fallback: dict[FusedCall, str] = {}  # signature -> why it runs on its fallback route
 _checked: set[FusedCall] = set()
 _results: list[CheckResult] = []  # every check of this process, in order
 _unchecked_warned: set[FusedCall] = set()
 _in_check = False
 _module_name: contextvars.ContextVar[str] = contextvars.ContextVar("lfvila_module", default="")
 _CHECKS: dict = {}  # op -> check(call, seed) -> {name: (out, truth, pt, rule)}; see register_check
+_FALLBACKS: dict = {}  # op -> fallback(call) -> backend name; see register_check
 SETTINGS = ("auto", "off", *MODES)
 
 
-def register_check(op: str, check) -> None:
-    """Register `check(call: FusedCall, seed: int) -> {name: (fused, truth, pt, rule)}` for op.
-    The op packages do this at import: the self-check never imports them (no import circle)."""
+def register_check(op: str, check, fallback=None) -> None:
+    """Register `check(call: FusedCall, seed: int) -> {name: (fused, truth, pt, rule)}` for op,
+    and `fallback(call: FusedCall) -> str`, the backend a signature that failed its check runs
+    from then on (default: "reference"; the call's shape may be empty, see
+    `choice_while_tracing`). The op packages do this at import: the self-check never imports
+    them (no import circle)."""
     _CHECKS[op] = check
+    if fallback is not None:
+        _FALLBACKS[op] = fallback
+
+
+def fallback_route(call: FusedCall) -> str:
+    """The backend a mismatched `call` runs on: its op's registered fallback, else the reference."""
+    fallback = _FALLBACKS.get(call.op)
+    return fallback(call) if fallback is not None else "reference"
 
 
 def _env_setting() -> str:
@@ -201,7 +216,8 @@ def active(device: torch.device) -> bool:
 
 
 def fallback_calls() -> dict[FusedCall, str]:
-    """The signatures that run on the reference after a mismatch: {call: reason}."""
+    """The signatures that run on their fallback route (`fallback_route`) after a mismatch:
+    {call: reason}."""
     return dict(_fallback)
 
 
@@ -260,8 +276,8 @@ def verdict(
     chosen: str = "triton",
 ) -> str:  # fmt: skip
     """The dispatchers' entry: the backend to run for a fused call of this signature (`chosen`,
-    or "reference" after a mismatch). Eager calls go to `on_fused_call`; while torch.compile
-    traces, the verdict is a constant of the graph (`choice_while_tracing`)."""
+    or its fallback route after a mismatch). Eager calls go to `on_fused_call`; while
+    torch.compile traces, the verdict is a constant of the graph (`choice_while_tracing`)."""
     items = tuple(sorted(params.items()))
     if torch.compiler.is_compiling():
         # sizes may be symbolic in a trace: only the settings cross into the constant function
@@ -308,7 +324,7 @@ def on_fused_call(call: FusedCall, chosen: str) -> str:
     if _recording is not None:
         _recording.append((call, _module_name.get()))
     if call in _fallback:
-        return "reference"
+        return fallback_route(call)
     mode = first_call_mode(call.device)
     if mode is None or call in _checked:
         return chosen
@@ -322,21 +338,21 @@ def on_fused_call(call: FusedCall, chosen: str) -> str:
     if result.ok:
         return chosen
     apply_mismatch_policy([result], mode)
-    return "reference"
+    return fallback_route(call)
 
 
 @torch.compiler.assume_constant_result
 def choice_while_tracing(*flat) -> str:
     """`on_fused_call` while torch.compile traces: a constant of the graph, decided on the call's
     settings (op, dtype, device, params) since its sizes may be symbolic there. No check can run
-    in a trace: any signature of these settings that fell back sends the graph to the reference;
-    settings never checked run fused, with one warning."""
+    in a trace: any signature of these settings that fell back sends the graph to its fallback
+    route; settings never checked run fused, with one warning."""
     op, dtype, device, params, chosen = _unflatten(flat)
     settings = FusedCall(op, (), dtype, torch.device(device), params)
     if _in_check:
         return chosen
     if any(_settings(c) == settings for c in _fallback):
-        return "reference"
+        return fallback_route(settings)
     mode = first_call_mode(settings.device)
     if mode is not None and not any(_settings(c) == settings for c in _checked):
         _warn_unchecked(settings, "torch.compile")
@@ -376,18 +392,20 @@ def apply_mismatch_policy(failed: list[CheckResult], mode: str) -> None:
             lines.append(f"  {result.where()}: {result.call.describe()}:\n    {result.message}")
         lines.append(
             "  The kernel's result would be wrong here. Set kernels.on_mismatch=fallback (or "
-            f"{ENV}=fallback) to run these calls on the reference backend, or "
-            "kernels.backend=reference to run everything there; please report this."
+            f"{ENV}=fallback) to run these calls on their fallback route (SDPA on a GPU, the "
+            "reference on the CPU), or kernels.backend=sdpa (or reference) to run everything "
+            "there; please report this."
         )
         raise KernelMismatchError("\n".join(lines))
     for result in failed:
         _fallback[result.call] = result.message
         logger.warning(
             "kernel self-check: %s: %s disagrees with the reference (%s); running it on the "
-            "reference backend from now on (on_mismatch=fallback)",
+            "%s backend from now on (on_mismatch=fallback)",
             result.where(),
             result.call.describe(),
             result.message.splitlines()[0],
+            fallback_route(result.call),
         )
 
 

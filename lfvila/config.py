@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 Triple = tuple[int, int, int]
-Backend = Literal["auto", "triton", "cuda", "reference"]
+Backend = Literal["auto", "triton", "cuda", "sdpa", "reference"]
 
 
 class ConfigError(ValueError):
@@ -207,7 +207,8 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class KernelConfig:
     backend: Backend = "auto"
-    """Overrides every 'auto' kernel backend (window attention, contrastive losses)."""
+    """Overrides every 'auto' kernel backend (window attention, contrastive losses; 'sdpa' is
+    window attention's only: the losses keep 'auto')."""
     self_check: bool = True
     """Before the first step (and before `lfvila evaluate`), run every fused kernel the model
     will run, at its real shapes, forward and backward, against the reference on this machine

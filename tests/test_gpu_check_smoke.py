@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+from lfvila.kernels.window_attn.auto_table import load_table
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -20,8 +22,15 @@ def test_gpu_check_smoke_mode_writes_a_report(tmp_path):
     reports = list(tmp_path.glob("gpu_check_cpu-smoke_*.md"))
     assert len(reports) == 1, list(tmp_path.iterdir())
     text = reports[0].read_text()
-    for provider in ("triton", "reference", "video-swin-eager", "sdpa"):
+    for provider in ("triton", "sdpa", "auto", "reference", "video-swin-eager", "sdpa-windows"):
         assert f"| {provider} |" in text
+    # issue 27: auto against every route, and auto's table written from the same run
+    assert "## `auto` against every route" in text
+    assert "| tiny-packed-shift | 30 |" in text
+    table = load_table(tmp_path / "auto_table.json")
+    [smoke] = [d for d in table.devices if d.gpu == "cpu (smoke run)"]
+    assert {(e.dtype, e.tokens) for e in smoke.entries} == {("float32", 30), ("float32", 84)}
+    assert {d.gpu for d in table.devices} >= {"NVIDIA H200"}  # the packaged entries are kept
     assert "## The attention op" in text and "## Whole module" in text
     assert "## Contrastive losses" in text and "| N=300, d=32 | triton |" in text
     assert "## Training step" in text and "fused step >= 1.3x" in text
@@ -46,8 +55,9 @@ def test_gpu_check_quick_bisect_smoke_mode(tmp_path):
     table = (tmp_path / "bisect_table.md").read_text()
     assert "| tiny-packed-shift:fp32 | ok | ok | ok |" in table
     report = next(tmp_path.glob("gpu_check_cpu-smoke_*.md")).read_text()
-    assert "| triton |" in report and "| sdpa |" in report
-    assert "flex" not in report  # the slice: lfvila against SDPA only
+    assert "| triton |" in report and "| sdpa |" in report and "| auto |" in report
+    assert "flex" not in report and "sdpa-windows" not in report  # the slice: library routes
+    assert "auto_table.json" in files
     assert "GPU tests (limit 200 s" in result.stdout
 
 

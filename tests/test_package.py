@@ -71,10 +71,13 @@ def test_attention_demo_on_a_tiny_layer():
     """The demo's code path end to end (the real shapes take minutes in the interpreter)."""
     tiny = AttentionLayer("tiny", (4, 6, 10), heads=2, window=(2, 3, 5), head_dim=16)
     result = run_attention_demo(tiny, repeats=1, device="cpu", log=lambda msg: None)
-    assert result.ok, result.errors
-    assert result.dtype == torch.float32 and set(result.timings_ms) == {"reference", "fused"}
+    assert result.ok, (result.errors, result.sdpa_errors)
+    assert result.dtype == torch.float32
+    assert set(result.timings_ms) == {"reference", "sdpa", "fused"}
     text = format_result(result)
     assert "layer tiny" in text and "error-ratio rule" in text and ": yes" in text
+    # the CPU's auto choice, with its reason
+    assert "auto runs: reference (CPU tensors use the reference" in text
 
 
 def test_setup_installs_every_package():
@@ -96,6 +99,8 @@ def test_setup_installs_every_package():
         if d.is_dir() and any(d.glob("*.py")) and "__pycache__" not in d.parts
     }
     assert folders <= found, folders - found
+    # and the data files read at import (the auto table of window attention)
+    assert '"lfvila.kernels.window_attn": ["auto_table.json"]' in (ROOT / "setup.py").read_text()
 
 
 def test_suite_collects_and_skips_without_optional_packages():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import torch_ops_enabled
+from .._backend import torch_ops_enabled, triton_missing_reason
 from .geometry import WindowGeometry, window_geometry
 from .reference import CPU, window_slots
 
@@ -47,16 +47,21 @@ def gather_table(table: Tensor, geom: WindowGeometry) -> Tensor:
 
 
 def fold_table(grad: Tensor, geom: WindowGeometry, dtype: torch.dtype) -> Tensor:
-    """(heads, NP, NP) gradient of the gathered bias -> (R, heads) table gradient, fixed order."""
-    if not grad.is_cuda:
-        return fold_on_cpu(grad.float(), geom).to(dtype)
+    """(heads, NP, NP) gradient of the gathered bias -> (R, heads) table gradient, fixed order
+    (on a GPU without Triton, the sdpa backend's case: index_add_, whose CUDA kernel adds with
+    atomics unless torch.use_deterministic_algorithms(True))."""
+    if not grad.is_cuda or triton_missing_reason() is not None:
+        # fp32 accumulation, fp64 kept (the sdpa backend's fp64 gradcheck)
+        acc = grad if grad.dtype == torch.float64 else grad.float()
+        return fold_on_cpu(acc, geom).to(dtype)
     from .triton_bias import dense_to_table  # a Triton fold: imported where used
 
     return dense_to_table(grad.float(), geom).to(dtype)
 
 
 def fold_on_cpu(grad: Tensor, geom: WindowGeometry) -> Tensor:
-    """index_add_ over the real pairs: sequential on the CPU, so deterministic (no Triton)."""
+    """index_add_ over the real pairs: sequential on the CPU, so deterministic (no Triton); runs
+    on any device."""
     heads, n = grad.shape[0], geom.tokens
     pairs = grad[:, :n, :n].reshape(heads, n * n)
     index = window_slots(geom)["bias_index"].reshape(-1)

@@ -7,7 +7,7 @@ import torch
 
 from .. import _self_check
 from ..testing import GRADIENT, OUTPUT, window_attention_inputs
-from .dispatch import window_attention, window_attention_qkv
+from .dispatch import fallback_backend, window_attention, window_attention_qkv
 from .reference import window_attention_ref
 
 
@@ -74,4 +74,4 @@ def check_window_attention(call: _self_check.FusedCall, seed: int) -> dict:
     return pairs
 
 
-_self_check.register_check("window_attention", check_window_attention)
+_self_check.register_check("window_attention", check_window_attention, fallback_backend)

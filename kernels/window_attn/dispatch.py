@@ -3,14 +3,18 @@
 The bias is a relative-position table (`rel_pos_bias`, Video-Swin's) or any dense per-head
 bias (`attn_bias`); the fused kernels take either as one dense (heads or 1, NP, NP) operand
 (bias.py). Every fused call goes through the self-check's verdict (`_self_check.verdict`): on a
-GPU a new call signature is checked against the reference before the kernel is trusted.
+GPU a new call signature is checked against the reference before the kernel is trusted, and a
+signature that fails runs on SDPA from then on (`fallback_backend`).
 
 Backends: "reference" (pure PyTorch, `window_attention_ref`), "triton" (fused forward and
 backward; on CPU only under TRITON_INTERPRET=1), "cuda" (lfvila._C; no window-attention kernel
-there yet), "auto". `auto` takes the first backend of PRIORITY that has no reasons against it;
-CPU tensors always get the reference (the interpreter runs only when asked for by name).
-`LFVILA_KERNEL_BACKEND` overrides `auto`. An explicit request that cannot run raises ValueError
-listing every reason; it never falls back silently.
+there yet), "sdpa" (the reference's partition, then one `F.scaled_dot_product_attention`; sdpa.py),
+"auto". On a GPU `auto` asks the measured table first (auto_table.py: GPU, dtype, window tokens
+-> backend; fused up to 64 tokens, sdpa above where the table has no entry), then PRIORITY, and
+takes the first that has no reasons against it; CPU tensors always get the reference (the
+interpreter runs only when asked for by name). `LFVILA_KERNEL_BACKEND` overrides `auto`. An
+explicit request that cannot run raises ValueError listing every reason; it never falls back
+silently. `explain_window_backend` says what `auto` would run and why.
 """
 
 from __future__ import annotations
@@ -23,15 +27,20 @@ from torch import nn
 
 from .. import _self_check
 from .._backend import ext_missing_reason, load_ext
-from .._dispatch import choose_backend, triton_device_reasons
+from .._dispatch import choose_backend, explain_backend, triton_device_reasons
+from . import auto_table
 from .bias import padded_bias, table_bias
 from .function import WindowAttentionFunction, WindowAttentionQKVFunction
 from .geometry import WindowGeometry, window_geometry
 from .reference import relative_position_index, window_attention_ref
+from .sdpa import window_attention_sdpa
 
-PRIORITY = ("triton", "cuda", "reference")
+# `auto`'s order after the measured table's first candidate (auto_table.py)
+PRIORITY = ("triton", "cuda", "sdpa", "reference")
+FUSED = ("triton", "cuda")
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SDPA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CLAMPED_INDEX = ("effective", "legacy")
 
 
@@ -61,13 +70,59 @@ def can_run_cuda(q: torch.Tensor, *args, **kwargs) -> list[str]:
     return [] if q.is_cuda else [f"device {q.device.type} is not cuda"]
 
 
-def _choose_backend(backend: str, q, k, v, dropout_p) -> str:
+def can_run_sdpa(q: torch.Tensor, *args, **kwargs) -> list[str]:
+    """Reasons `F.scaled_dot_product_attention` cannot run these inputs; empty when it can."""
+    if q.dtype not in SDPA_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in SDPA_DTYPES)
+        return [f"dtype {str(q.dtype).replace('torch.', '')} not in ({names})"]
+    return []
+
+
+def _backend_args(backend: str, q, k, v, dropout_p, geom: WindowGeometry):
     checks = {
         "triton": lambda: can_run_triton(q, k, v, dropout_p),
         "cuda": lambda: can_run_cuda(q),
+        "sdpa": lambda: can_run_sdpa(q),
         "reference": lambda: [],
     }
-    return choose_backend("window_attention", backend, q, checks, PRIORITY)
+    where = (q.device.type, q.device.index or 0, q.dtype, geom.tokens)
+    return dict(
+        op="window_attention", backend=backend, x=q, checks=checks, priority=PRIORITY,
+        auto=lambda: auto_table.preferred_backend(*where),
+        auto_reason=lambda: auto_table.preferred_reason(*where),
+    )  # fmt: skip
+
+
+def _choose_backend(backend: str, q, k, v, dropout_p, geom: WindowGeometry) -> str:
+    return choose_backend(**_backend_args(backend, q, k, v, dropout_p, geom))
+
+
+def explain_window_backend(
+    q: torch.Tensor,
+    window_size: tuple[int, int, int],
+    shift_size: tuple[int, int, int] = (0, 0, 0),
+    backend: str = "auto",
+    dropout_p: float = 0.0,
+) -> tuple[str, str]:
+    """(backend, reason): what `window_attention(q, q, q, window_size, shift_size,
+    backend=backend)` would run (before the self-check's verdict on a fused call), and why.
+
+    q: (B, T, H, W, heads, D) or a probe of that shape, dtype and device (an expanded
+    `torch.empty(1, 1, 1, 1, heads, D).expand(...)` costs no memory)."""
+    geom = window_geometry(q.shape[1:4], tuple(window_size), tuple(shift_size))
+    return explain_backend(**_backend_args(backend, q, q, q, dropout_p, geom))
+
+
+def fallback_backend(call) -> str:
+    """Where a fused call that failed its self-check runs from then on: "sdpa" where SDPA can run
+    its signature (a GPU; the fastest correct route on the 2026-12-04 H200 from 120 tokens up),
+    else the reference (the CPU's fastest route, and the one STYLE.md gives CPU tensors).
+    `call` is a `_self_check.FusedCall` (its shape may be empty: torch.compile decides on the
+    call's settings)."""
+    if call.device.type == "cpu":
+        return "reference"
+    probe = torch.empty((), dtype=call.dtype, device="meta")
+    return "reference" if can_run_sdpa(probe) else "sdpa"
 
 
 def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:
@@ -198,10 +253,10 @@ def window_attention(
             x before its qkv projection, so they equal the projection bias). They take part in
             attention and receive gradients. None masks padding keys out.
         mask_value: the shift-mask value.
-        backend: "auto", "triton", "cuda" or "reference" (see the module docstring).
+        backend: "auto", "triton", "cuda", "sdpa" or "reference" (see the module docstring).
         clamped_index: "effective" (Decision 4e), or "legacy" to reproduce Video-Swin's and
             torchvision's `relative_position_index[:N, :N]` slice for clamped windows.
-        dropout_p: attention-probability dropout; > 0 runs the reference (not fused).
+        dropout_p: attention-probability dropout; not fused (the reference or sdpa run it).
         attn_bias: any additive bias over the window's token pairs instead of a table:
             (heads, N, N), or (1, N, N) broadcast over heads, fp32 or q's dtype, N the tokens of
             the effective window (row n = t * Wh * Ww + h * Ww + w). Swin-V2's continuous
@@ -211,18 +266,19 @@ def window_attention(
     Returns:
         (B, T, H, W, heads, D) in q's dtype.
 
-    Backward of the fused path is deterministic: bitwise-identical gradients run to run. On a
-    GPU each new call signature is first checked against the reference (`_self_check`; off with
-    LFVILA_KERNEL_SELF_CHECK=off); a mismatch sends that signature to the reference, with a
-    warning.
+    Backward of the fused path is deterministic: bitwise-identical gradients run to run; the
+    sdpa path's is where PyTorch's chosen kernel is (sdpa.py). On a GPU each new call signature
+    of a fused backend is first checked against the reference (`_self_check`; off with
+    LFVILA_KERNEL_SELF_CHECK=off); a mismatch sends that signature to sdpa (the reference on the
+    CPU), with a warning.
     """
     geom = _validate(
         q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value,
         clamped_index,
     )  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = _choose_backend(backend, q, k, v, dropout_p)
-    if chosen != "reference":
+    chosen = _choose_backend(backend, q, k, v, dropout_p, geom)
+    if chosen in FUSED:
         chosen = _verdict(q, q.stride(), geom, rel_pos_bias, attn_bias, pad_kv, False, scale,
                           mask_value, clamped_index, chosen)  # fmt: skip
     if chosen == "reference":
@@ -230,6 +286,9 @@ def window_attention(
             q, k, v, geom.window_cfg, shift_size, rel_pos_bias, scale, pad_kv, mask_value,
             clamped_index, dropout_p, attn_bias,
         )  # fmt: skip
+    if chosen == "sdpa":
+        return window_attention_sdpa(q, k, v, geom, rel_pos_bias, attn_bias, scale, pad_kv,
+                                     mask_value, clamped_index, dropout_p)  # fmt: skip
     k_pad, v_pad = (p.contiguous() for p in pad_kv) if pad_kv is not None else (None, None)
     bias = _dense_bias(rel_pos_bias, attn_bias, geom, clamped_index)
     return WindowAttentionFunction.apply(
@@ -265,8 +324,8 @@ def window_attention_qkv(
         clamped_index,
     )  # fmt: skip
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = _choose_backend(backend, q, k, v, dropout_p)
-    if chosen != "reference":
+    chosen = _choose_backend(backend, q, k, v, dropout_p, geom)
+    if chosen in FUSED:
         chosen = _verdict(q, qkv.stride(), geom, rel_pos_bias, attn_bias, pad_kv, True, scale,
                           mask_value, clamped_index, chosen)  # fmt: skip
     if chosen == "reference":
@@ -274,6 +333,9 @@ def window_attention_qkv(
             q, k, v, geom.window_cfg, shift_size, rel_pos_bias, scale, pad_kv, mask_value,
             clamped_index, dropout_p, attn_bias,
         )  # fmt: skip
+    if chosen == "sdpa":
+        return window_attention_sdpa(q, k, v, geom, rel_pos_bias, attn_bias, scale, pad_kv,
+                                     mask_value, clamped_index, dropout_p)  # fmt: skip
     k_pad, v_pad = (p.contiguous() for p in pad_kv) if pad_kv is not None else (None, None)
     bias = _dense_bias(rel_pos_bias, attn_bias, geom, clamped_index)
     return WindowAttentionQKVFunction.apply(
@@ -301,7 +363,8 @@ def bias_kind(table, attn_bias) -> str:
 
 def _verdict(q, strides, geom, table, attn_bias, pad_kv, packed, scale, mask_value, ci, chosen):
     """The self-check's say on a fused call: the signature (everything that selects a compiled
-    kernel, the batch included) and `chosen` or "reference" (recording, fallback, first call)."""
+    kernel, the batch included) and `chosen`, or its fallback route after a mismatch
+    (`fallback_backend`: sdpa, or the reference on the CPU)."""
     bias = table if table is not None else attn_bias
     params = dict(
         bias=bias_kind(table, attn_bias), bias_dtype=bias.dtype if bias is not None else None,

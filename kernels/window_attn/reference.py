@@ -178,6 +178,15 @@ def _windows(x, pad_row, geom: WindowGeometry, to_windows, to_map) -> torch.Tens
     return rows.view(B, heads, geom.num_windows, geom.tokens, D)
 
 
+def _unwindow(out, geom: WindowGeometry, to_windows, to_map, shape) -> torch.Tensor:
+    """(B, heads, nW, N, D) window rows (or any view of them in that order) -> (B, T, H, W, heads,
+    D) of `shape`: un-partition, un-shift and unpad in one gather (padding rows are dropped)."""
+    out = out.reshape(-1, shape[-1])  # (B*heads*nW*N, D)
+    if geom.has_padding:
+        return out.index_select(0, to_map).view(shape)
+    return _PermuteRows.apply(out, to_map, to_windows).view(shape)
+
+
 def _window_scores(
     qw, kw, geom: WindowGeometry, rel_pos_bias, attn_bias, mask_value, mask_padded_keys
 ):
@@ -256,10 +265,8 @@ def window_attention_ref(
     attn = _softmax(scores, flush_subnormals=shifted)
     if dropout_p > 0.0:
         attn = torch.nn.functional.dropout(attn, p=dropout_p)
-    out = torch.matmul(attn, vw).reshape(-1, D)  # (B*heads*nW*N, D)
-    if geom.has_padding:
-        return out.index_select(0, to_map).view(B, T, H, W, heads, D)
-    return _PermuteRows.apply(out, to_map, to_windows).view(B, T, H, W, heads, D)
+    out = torch.matmul(attn, vw)  # (B, heads, nW, N, D)
+    return _unwindow(out, geom, to_windows, to_map, q.shape)
 
 
 def window_attention_lse_ref(

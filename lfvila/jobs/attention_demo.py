@@ -1,5 +1,6 @@
-"""`lfvila attention-check`: the fused window-attention path against the reference on a real
-LF-VILA layer shape (`lfvila.model.shapes`), with both timings.
+"""`lfvila attention-check`: the fused window-attention path and the sdpa backend against the
+reference on a real LF-VILA layer shape (`lfvila.model.shapes`), with their timings, and the
+backend `auto` picks for that shape here and why (the measured table, its rule, or the CPU).
 
 On a machine without a GPU the fused path runs in the Triton interpreter: its numbers check
 correctness, and its timing says nothing about speed.
@@ -28,13 +29,17 @@ class DemoResult:
     errors: dict[str, tuple[float, float, bool]]
     """name -> (max |fused - truth|, max |reference - truth|, within the error-ratio rule);
     truth = the reference in float64."""
+    sdpa_errors: dict[str, tuple[float, float, bool]]
+    """The same for the sdpa backend."""
+    timings_ms: dict[str, float]
+    """"reference" / "sdpa" / "fused" -> median forward+backward milliseconds."""
+    auto_backend: str = "reference"
+    auto_reason: str = ""
+    """What `backend="auto"` runs for this shape on this device and dtype, and why."""
 
     @property
     def ok(self) -> bool:
-        return all(ok for _, _, ok in self.errors.values())
-
-    timings_ms: dict[str, float]
-    """"reference" / "fused" -> median forward+backward milliseconds."""
+        return all(ok for _, _, ok in [*self.errors.values(), *self.sdpa_errors.values()])
 
 
 def _inputs(spec: AttentionLayer, batch: int, dtype, device, seed: int = 0):
@@ -104,6 +109,8 @@ def run_attention_demo(
         return lambda: _forward_backward(tensors, grad_out, spec, backend)
 
     timings = {"reference": _median_ms(run("reference"), repeats, device)}
+    sdpa = _forward_backward(tensors, grad_out, spec, "sdpa")  # (on a GPU also the warm-up)
+    timings["sdpa"] = _median_ms(run("sdpa"), repeats, device)
     if device == "cpu":
         log("running the fused kernels in the Triton interpreter (no GPU): about a minute ...")
         start = time.perf_counter()
@@ -112,9 +119,17 @@ def run_attention_demo(
     else:
         fused = _forward_backward(tensors, grad_out, spec, "triton")  # also compiles
         timings["fused"] = _median_ms(run("triton"), repeats, device)
+    from lfvila.kernels import explain_window_backend
+
+    auto, why = explain_window_backend(tensors[0], spec.window, spec.shift)
+    errors, sdpa_errors = _errors(fused, reference, truth), _errors(sdpa, reference, truth)
+    return DemoResult(spec, device, dtype, batch, "triton", errors, sdpa_errors, timings, auto, why)
+
+
+def _errors(routed, reference, truth) -> dict[str, tuple[float, float, bool]]:
     names = ["output", "dq", "dk", "dv", "dtable", "dk_pad", "dv_pad"]
     errors = {}
-    for name, f, r, t in zip(names, fused, reference, truth):
+    for name, f, r, t in zip(names, routed, reference, truth):
         rule = OUTPUT if name == "output" else GRADIENT  # STYLE.md's error-ratio rule
         ok, _ = error_report(f, t, r, **rule)
         errors[name] = (
@@ -122,7 +137,7 @@ def run_attention_demo(
             (r.double() - t).abs().max().item(),
             ok,
         )
-    return DemoResult(spec, device, dtype, batch, "triton", errors, timings)
+    return errors
 
 
 def format_result(result: DemoResult) -> str:
@@ -131,18 +146,24 @@ def format_result(result: DemoResult) -> str:
         f"lfvila attention demo: layer {spec.name}, map {spec.map_size}, window {spec.window}, "
         f"shift {spec.shift}, {spec.heads} heads x {spec.head_dim}, batch {result.batch}, "
         f"{str(result.dtype).replace('torch.', '')} on {result.device}",
-        "  max |error| vs the float64 reference:   fused        reference",
+        f"  auto runs: {result.auto_backend} ({result.auto_reason})",
+        "  max |error| vs the float64 reference:   fused        sdpa         reference",
     ]
     for name, (fused, ref, ok) in result.errors.items():
-        flag = "" if ok else "  FAIL"
-        lines.append(f"    {name:<8}                          {fused:.3e}    {ref:.3e}{flag}")
+        sdpa, _, sdpa_ok = result.sdpa_errors[name]
+        flag = "" if ok and sdpa_ok else "  FAIL"
+        lines.append(
+            f"    {name:<8}                          {fused:.3e}    {sdpa:.3e}    {ref:.3e}{flag}"
+        )
     verdict = "yes" if result.ok else "NO"
     lines.append(
-        f"  fused within the error-ratio rule (STYLE.md: 2x/3x the reference's error): {verdict}"
+        "  fused and sdpa within the error-ratio rule (STYLE.md: 2x/3x the reference's error): "
+        + verdict
     )
     ms = result.timings_ms
     lines.append(
-        f"  forward+backward median: reference {ms['reference']:.1f} ms, fused {ms['fused']:.1f} ms"
+        f"  forward+backward median: reference {ms['reference']:.1f} ms, sdpa {ms['sdpa']:.1f} "
+        f"ms, fused {ms['fused']:.1f} ms"
     )
     if result.device == "cpu":
         lines.append(

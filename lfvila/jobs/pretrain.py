@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from ..config import Config, dump_config
+from ..model.shapes import attention_backends
 from ..training.checkpoint import CheckpointManager, TrainerState, write_text_atomic
 from ..training.dist import World
-from ..training.engine import build_engine, prepare_deepspeed_env, resolve_engine
+from ..training.engine import DTYPES, build_engine, prepare_deepspeed_env, resolve_engine
 from ..training.kernel_check import write_kernel_record
 from ..training.loop import RunSettings, StepContext, train
 from ..training.metrics import setup_logging
@@ -222,6 +223,12 @@ def _announce(cfg: Config, run_dir: Path, world: World, engine_name: str, parts:
         parts.steps_per_epoch,
         cfg.train.batch_size * world.world_size * cfg.train.grad_accum,
     )
+    # which window-attention backend each encoder layer runs, and why (before the self-check)
+    video = cfg.model.video
+    backend = video.attention_backend if video.attention_backend != "auto" else cfg.kernels.backend
+    dtype = DTYPES[parts.engine.precision] if world.device.type == "cuda" else torch.float32
+    for line in attention_backends(video, backend, world.device, dtype):
+        logger.info("window attention %s", line)
 
 
 def _prepare_engine(engine, cfg: Config, world: World, run_dir: Path) -> bool:

@@ -4,6 +4,9 @@ benchmarks and GPU checks."""
 from __future__ import annotations
 
 import dataclasses
+import math
+
+import torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,3 +60,41 @@ def layer(name: str) -> AttentionLayer:
             return spec
     known = ", ".join(s.name for s in LFVILA_LAYERS + VIDEO_SWIN_LAYERS)
     raise ValueError(f"unknown layer {name!r}; known: {known}")
+
+
+def encoder_layers(cfg) -> list[tuple[AttentionLayer, int]]:
+    """(attention problem, blocks) of each layer of a `VideoEncoderConfig` at its input size
+    (the maps `video_swin.VideoEncoder` runs: patch embedding, then 2x2 merges after
+    `downsample_stages`)."""
+    t = math.ceil(cfg.num_frames / cfg.patch_size[0])
+    h, w = (math.ceil(s / p) for s, p in zip(cfg.input_size, cfg.patch_size[1:]))
+    dims, layers = cfg.dims(), []
+    for i, depth in enumerate(cfg.depths):
+        heads = cfg.num_heads[i]
+        spec = AttentionLayer(
+            f"L{i}", (t, h, w), heads, tuple(cfg.window_size[i]), head_dim=dims[i] // heads,
+            temporal_shift=not cfg.temporal_no_shifting,
+        )  # fmt: skip
+        layers.append((spec, depth))
+        if i in cfg.downsample_stages:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return layers
+
+
+def attention_backends(cfg, backend: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """One line per encoder layer: the window-attention backend `backend` ("auto" or a name)
+    runs for that layer's q (`dtype` on `device`, batch aside) and why, before any self-check
+    verdict (`lfvila.kernels.explain_window_backend`)."""
+    from lfvila.kernels import explain_window_backend
+
+    lines = []
+    for spec, blocks in encoder_layers(cfg):
+        probe = torch.empty(1, 1, 1, 1, spec.heads, spec.head_dim, dtype=dtype, device=device)
+        probe = probe.expand(1, *spec.map_size, spec.heads, spec.head_dim)
+        chosen, why = explain_window_backend(probe, spec.window, spec.shift, backend)
+        tokens = math.prod(min(s, w) for s, w in zip(spec.map_size, spec.window))
+        lines.append(
+            f"{spec.name} ({'x'.join(map(str, spec.map_size))} map, {tokens}-token windows, "
+            f"{blocks} block{'s' * (blocks != 1)}): {chosen} ({why})"
+        )
+    return lines

@@ -215,7 +215,7 @@ def build_model(cfg) -> nn.Module:
     """The model class of `cfg.task` (pre-training: `LFVILA` of `cfg.stage`).
 
     Takes a `ModelConfig`, or a root `Config`, whose `kernels.backend` then replaces every 'auto'
-    kernel backend (window attention and the contrastive losses).
+    kernel backend (window attention and the contrastive losses; "sdpa" only window attention's).
     """
     from ..config import Config
     from .pretrain import LFVILA
@@ -235,5 +235,5 @@ def build_model(cfg) -> nn.Module:
         "video_classification": LFVILAForVideoClassification,
     }
     model = classes[cfg.task](cfg)
-    model.kernel_backend = backend
+    model.kernel_backend = "auto" if backend == "sdpa" else backend  # no SDPA route for losses
     return model

@@ -10,13 +10,14 @@ What is checked:
   training batch (train.batch_size x processes) and the projection's dtype under that precision.
 Nothing runs where nothing is fused (CPU tensors take the reference unless a backend is forced).
 
-Every rank checks; the verdicts are summed over ranks, so all send the same calls to the
-reference (`kernels.on_mismatch=fallback`, the default: a warning per call and a summary line
-naming them all) or all stop together (`error`: KernelMismatchError naming the layer, shape and
-error). After the check the process's first-call check takes the run's `on_mismatch`, so a call
-signature met later (another batch in evaluation, a last partial batch) is checked on its first
-call. `<run_dir>/kernel_check.json` records every check and every call that fell back: written
-after the check and again at the end of the run (`write_kernel_record`).
+Every rank checks; the verdicts are summed over ranks, so all send the same calls to their
+fallback route, SDPA on a GPU and the reference on the CPU (`kernels.on_mismatch=fallback`, the
+default: a warning per call and a summary line naming them all) or all stop together (`error`:
+KernelMismatchError naming the layer, shape and error). After the check the process's first-call
+check takes the run's `on_mismatch`, so a call signature met later (another batch in evaluation,
+a last partial batch) is checked on its first call. `<run_dir>/kernel_check.json` records every
+check and every call that fell back: written after the check and again at the end of the run
+(`write_kernel_record`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ logger = logging.getLogger("lfvila")
 
 def _may_fuse(backend: str, device: torch.device) -> bool:
     """Whether `backend` can pick a fused kernel on `device` (CPU 'auto' is the reference)."""
-    if backend == "reference":
+    if backend in ("reference", "sdpa"):
         return False
     return device.type == "cuda" or (backend in ("triton", "cuda") and interpreter_enabled())
 
@@ -160,10 +161,11 @@ def run_kernel_self_check(
         write_kernel_record(run_dir, world, cfg.kernels.on_mismatch)
         return results
     self_check.apply_mismatch_policy(failed, cfg.kernels.on_mismatch)  # raises in "error" mode
+    routes = sorted({self_check.fallback_route(r.call) for r in failed})
     logger.warning(
         "kernel self-check: %d of %d fused call(s) disagree with the reference on %s; they run "
-        "on the reference backend (kernels.on_mismatch=fallback): %s",
-        len(failed), len(results), where,
+        "on the %s backend (kernels.on_mismatch=fallback): %s",
+        len(failed), len(results), where, " / ".join(routes),
         "; ".join(f"{r.where()}: {r.call.describe()}" for r in failed),
     )  # fmt: skip
     write_kernel_record(run_dir, world, cfg.kernels.on_mismatch)
@@ -176,7 +178,7 @@ def _device_name(device: torch.device) -> str:
 
 def write_kernel_record(run_dir: Path | None, world, on_mismatch: str) -> None:
     """run_dir/kernel_check.json (rank 0): every check of this process (the run's and the
-    first-call checks since) and every call signature that runs on the reference."""
+    first-call checks since) and every call signature that runs on its fallback route."""
     if run_dir is None or not world.is_main or not self_check.results():
         return
     from .checkpoint import write_text_atomic
@@ -197,7 +199,12 @@ def write_kernel_record(run_dir: Path | None, world, on_mismatch: str) -> None:
             for r in self_check.results()
         ],
         "fallbacks": [
-            {"call": call.describe(), "why": why.splitlines()[0]} for call, why in fallbacks.items()
+            {
+                "call": call.describe(),
+                "route": self_check.fallback_route(call),
+                "why": why.splitlines()[0],
+            }
+            for call, why in fallbacks.items()
         ],
     }
     write_text_atomic(Path(run_dir) / "kernel_check.json", json.dumps(record, indent=1) + "\n")

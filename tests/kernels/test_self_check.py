@@ -1,6 +1,7 @@
 """The kernel self-check (lfvila.kernels.self_check, the first-call check, fallbacks): a correct
 kernel passes, a wrong one (a patched launcher) is caught, named, and either stops the run or is
-replaced by the reference. CPU: the Triton interpreter, fp32."""
+replaced by its fallback route (sdpa on a GPU, the reference on the CPU). CPU: the Triton
+interpreter, fp32."""
 
 from __future__ import annotations
 
@@ -204,7 +205,10 @@ def test_self_check_passes_on_lfvila_stage1_video_encoder_gpu():
     from lfvila.model.video_swin import VideoEncoder
 
     root = pathlib.Path(__file__).resolve().parents[2]
-    cfg = load_config(root / "configs" / "pretrain_stage1.yaml").model.video
+    # triton by name: under auto the measured table sends the layers of 120+ tokens to sdpa
+    cfg = load_config(
+        root / "configs" / "pretrain_stage1.yaml", ["model.video.attention_backend=triton"]
+    ).model.video
     torch.manual_seed(0)
     encoder = VideoEncoder(cfg).cuda().eval()
     video = torch.randn(2, 3, cfg.num_frames, *cfg.input_size, device="cuda")
@@ -374,3 +378,49 @@ def test_planted_wrong_kernel_in_the_torchvision_patch(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(patched(x), model(x), rtol=1e-5, atol=1e-5)
     assert len(_self_check.fallback_calls()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The fallback route: the fastest correct one the op registered
+
+
+def test_fallback_route_is_sdpa_on_a_gpu_and_the_reference_on_the_cpu():
+    """Window attention registers `dispatch.fallback_backend`: SDPA where it can run the
+    signature (a GPU), else the reference (the CPU; a dtype SDPA lacks). Ops without a
+    registered route (the losses) fall back to the reference. The settings-only call of a
+    torch.compile trace (no shape) gets the same answer."""
+
+    def call(op, device, dtype, shape=(2, 4, 6, 10, 2, 16)):
+        return _self_check.FusedCall(op, shape, dtype, torch.device(device), ())
+
+    route = _self_check.fallback_route
+    assert route(call("window_attention", "cuda", torch.bfloat16)) == "sdpa"
+    assert route(call("window_attention", "cuda", torch.bfloat16, shape=())) == "sdpa"
+    assert route(call("window_attention", "cpu", torch.float32)) == "reference"
+    assert route(call("window_attention", "cuda", torch.float8_e4m3fn)) == "reference"
+    assert route(call("contrastive_loss", "cuda", torch.bfloat16, shape=(8, 32))) == "reference"
+
+
+def test_a_mismatch_runs_on_sdpa_where_the_route_is_sdpa(monkeypatch, caplog):
+    """As on a GPU (the route patched to sdpa here): the wrong kernel's signature runs the sdpa
+    backend from its first call on, the packed path too, and a torch.compile trace of those
+    settings is given sdpa."""
+    launches = _wrong_forward(monkeypatch)
+    monkeypatch.setitem(_self_check._FALLBACKS, "window_attention", lambda call: "sdpa")
+    set_first_call_check("fallback")
+    q, k, v, table = _inputs()
+    want = window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="sdpa")
+    with caplog.at_level(logging.WARNING, logger="lfvila.kernels"):
+        for _ in range(2):
+            got = window_attention(q, k, v, (2, 3, 5), (0, 1, 2), table, backend="triton")
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert "running it on the sdpa backend from now on" in caplog.text
+    assert len(launches) == 1  # only the check's own fused run
+    [call] = _self_check.fallback_calls()
+    flat = _self_check._flatten((call.op, call.dtype, call.device, call.params, "triton"))
+    assert _self_check.choice_while_tracing(*flat) == "sdpa"
+    qkv = torch.stack([q, k, v], dim=4)
+    got = window_attention_qkv(qkv, (2, 3, 5), (0, 1, 2), table, backend="triton")
+    want = window_attention_qkv(qkv, (2, 3, 5), (0, 1, 2), table, backend="sdpa")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert len(launches) == 2 and len(_self_check.fallback_calls()) == 2

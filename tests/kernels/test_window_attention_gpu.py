@@ -108,10 +108,11 @@ def test_window_attention_gpu_backward_bitwise_deterministic(name):
         assert torch.equal(a, b), f"{name_} differs between two identical backward passes"
 
 
-def test_window_attention_module_gpu_autocast():
-    """Under bf16 autocast (fp32 table and qkv bias, bf16 activations) the fused module is as
-    accurate as the reference module under the same autocast."""
-    module = WindowAttention3D(512, (8, 3, 5), 16).cuda()
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_window_attention_module_gpu_autocast(backend):
+    """Under bf16 autocast (fp32 table and qkv bias, bf16 activations) the fused module (and the
+    sdpa one) is as accurate as the reference module under the same autocast."""
+    module = WindowAttention3D(512, (8, 3, 5), 16, backend=backend).cuda()
     ref = WindowAttention3D(512, (8, 3, 5), 16, backend="reference").cuda()
     ref.load_state_dict(module.state_dict())
     x = torch.randn(2, 31, 6, 10, 512, device="cuda")  # 31 frames: padding tokens too
@@ -133,3 +134,65 @@ def test_patched_torchvision_swin3d_gpu():
     with torch.no_grad(), no_tf32():
         out, pt, truth = patched(x), model(x), truth_model(x.double())
     assert_error_ratio(out, truth, pt, "logits")
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 27: the sdpa backend on the GPU, auto's table, and SDPA's deterministic mode
+
+
+@pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shift"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_window_attention_sdpa_gpu_full_shapes(name, shifted):
+    """backend="sdpa" in bf16 at every layer: whichever SDPA kernel PyTorch picks here (memory-
+    efficient, cuDNN, math) against the reference by the error-ratio rule."""
+    spec = LAYERS[name]
+    shift = spec.shift if shifted else (0, 0, 0)
+    if shifted and shift == (0, 0, 0):
+        pytest.skip(f"{name} is clamped to a global window: no shift")
+    shape = (2, *spec.map_size, spec.heads, spec.head_dim)
+    inp = window_attention_inputs(shape, spec.window, torch.bfloat16, "cuda", seed=4)
+    run = public_api_run(inp, spec.window, shift, "effective", backend="sdpa")
+    check_against_reference(inp, spec.window, shift, "effective", run)
+
+
+def test_auto_on_this_gpu_follows_the_table():
+    """On this GPU, bf16, every LF-VILA layer: auto runs the table's (or the rule's) backend, or
+    names why it could not."""
+    from lfvila.kernels import explain_window_backend
+    from lfvila.kernels.window_attn import auto_table
+
+    for spec in LFVILA_LAYERS:
+        q = torch.empty(1, *spec.map_size, spec.heads, spec.head_dim, device="cuda",
+                        dtype=torch.bfloat16)  # fmt: skip
+        tokens = window_geometry(spec.map_size, spec.window).tokens
+        want = auto_table.explain("cuda", q.device.index, torch.bfloat16, tokens)
+        chosen, why = explain_window_backend(q, spec.window, spec.shift)
+        assert chosen == want.backend or f"skipped {want.backend}" in why, (spec.name, why)
+        assert want.reason in why
+
+
+def test_window_attention_sdpa_gpu_deterministic_mode():
+    """Under torch.use_deterministic_algorithms(True) the sdpa backend's backward is bitwise
+    repeatable (PyTorch runs the memory-efficient backward with one key split)."""
+    import os
+
+    spec = LAYERS["L2"]
+    shape = (4, *spec.map_size, spec.heads, spec.head_dim)
+    inp = window_attention_inputs(shape, spec.window, torch.bfloat16, "cuda", seed=6)
+    g = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+
+    def once():
+        q, k, v, table = leaves(inp["q"], inp["k"], inp["v"], inp["rel_pos_bias"].float())
+        out = window_attention(q, k, v, spec.window, spec.shift, table, pad_kv=inp["pad_kv"],
+                               backend="sdpa")  # fmt: skip
+        return grads(out, [q, k, v, table], g)
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = once(), once()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, a, b in zip(["dq", "dk", "dv", "dtable"], first, second):
+        assert torch.equal(a, b), f"{name} differs between two deterministic backward passes"

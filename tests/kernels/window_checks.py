@@ -55,13 +55,13 @@ def check_against_reference(inp, window, shift, clamped, run):
     assert_grads_error_ratio(out_grads, truth_grads, pt_grads, names[: len(out_grads)])
 
 
-def public_api_run(inp, window, shift, clamped):
+def public_api_run(inp, window, shift, clamped, backend="triton"):
     def run(g):
         table, dense = _bias(inp)
         q, k, v, table, dense = leaves(inp["q"], inp["k"], inp["v"], table, dense)
         pad = tuple(leaves(*inp["pad_kv"])) if inp["pad_kv"] is not None else None
         out = window_attention(
-            q, k, v, window, shift, table, pad_kv=pad, backend="triton", clamped_index=clamped,
+            q, k, v, window, shift, table, pad_kv=pad, backend=backend, clamped_index=clamped,
             attn_bias=dense,
         )  # fmt: skip
         bias = table if table is not None else dense

@@ -91,6 +91,9 @@ def test_mismatch_with_fallback_runs_those_layers_on_the_reference(
     summary = next(ln for ln in log.splitlines() if "run on the reference backend" in ln)
     assert "video_encoder.layers.0.blocks.1.attn: window_attention (1, 8, 12, 20, 1, 16)" in summary
     assert log.index("run on the reference backend") < log.index("step 1")
+    # the run header lists each layer's backend and why (a forced backend here)
+    assert "window attention L0 (8x12x20 map" in log
+    assert ": triton (backend='triton' asked for)" in log
     checked = len(launches)
     assert checked > 0  # the checks ran the (wrong) fused backward, the step did not
     assert (out / "model.safetensors").is_file()
@@ -100,6 +103,7 @@ def test_mismatch_with_fallback_runs_those_layers_on_the_reference(
     assert 1 in batches and len(batches) == 2  # the check's batch and the training's
     record = json.loads((out / "kernel_check.json").read_text())
     assert len(record["fallbacks"]) == checked
+    assert {f["route"] for f in record["fallbacks"]} == {"reference"}  # the CPU's route
     attention = [c for c in record["checks"] if c["call"].startswith("window_attention")]
     assert len(attention) == checked and not any(c["ok"] for c in attention)
     train_batch = max(batches)
