@@ -19,8 +19,10 @@ from lfvila.kernels import (
 )
 from lfvila.kernels.testing import GRADIENT, assert_error_ratio, error_report, no_tf32
 
-# case -> (library, what is built); every 2D case has maps (10, 6) then (5, 3) with window 4
-# (HF: (10, 10) then (5, 5): its SwinLayer shrinks a window to a map's short side and fails)
+# Every 2D case has maps (10, 6) then (5, 3) with window 4 (HF: (10, 10) then (5, 5): its
+# SwinLayer shrinks a window to a map's short side and fails). transformers' eager attention
+# takes its softmax in fp32 even in an fp64 model, so "hf-v1-eager"'s truth is only fp32-exact
+# there: "hf-v1-sdpa" is the case with an fp64 truth.
 CASES = ("timm-v1", "timm-v2", "tv-v1", "tv-v2", "hf-v1-eager", "hf-v1-sdpa", "hf-v2", "tv-3d")
 LIBRARY = {"timm": "timm", "tv": "torchvision", "hf": "transformers"}
 PATCH = {"timm": patch_timm_swin, "tv": patch_torchvision_swin, "hf": patch_hf_swin}
@@ -133,7 +135,7 @@ def shifted_layer(case: str):
 
     v2 = case == "hf-v2"
     config = (hf.Swinv2Config if v2 else hf.SwinConfig)(window_size=4, embed_dim=32)
-    config._attn_implementation = "eager"
+    config._attn_implementation = "sdpa"  # eager: an fp32 softmax even for fp64 inputs
     layer = (Swinv2Layer if v2 else SwinLayer)(config, 32, (8, 8), 2, shift_size=2)
     return layer.eval(), lambda m, x: m(x.reshape(1, 64, 32), (8, 8))[0]
 

@@ -56,7 +56,7 @@ def test_swin_patch_equals_unpatched_triton(case, caplog):
     assert not caplog.records, caplog.text
 
 
-@pytest.mark.parametrize("case", ["timm-v1", "timm-v2", "tv-v1", "tv-v2", "hf-v1-eager", "hf-v2"])
+@pytest.mark.parametrize("case", ["timm-v1", "timm-v2", "tv-v1", "tv-v2", "hf-v1-sdpa", "hf-v2"])
 def test_swin_patch_shift_mask_value_matters(case, monkeypatch):
     """One shifted layer on an 8 x 8 map whose tokens are +u or -u by the parity of their
     pre-shift region, with keys opposed to queries and large logits: every pair within a region
@@ -241,3 +241,31 @@ def test_swin_patch_equals_unpatched_real_configs(case):
     """Swin-T at 224 and Swin-V2-T at 256 of each library (random weights), batch 1, fp32,
     reference backend: the real windows, heads and maps (Swin-V2-T's 8 x 8 windows on 64 ... 8)."""
     compare(case, "reference", batch=1, full=True)
+
+
+# hf-v1-sdpa: transformers' eager attention takes its softmax in fp32 even for fp64 inputs
+@pytest.mark.parametrize("case", ["timm-v1", "timm-v2", "tv-v1", "tv-v2", "hf-v1-sdpa", "hf-v2"])
+def test_swin_patch_foreign_index_goes_as_a_dense_bias(case, fused_calls):
+    """A relative_position_index that is not Swin's (here reversed): the patch hands the layer's
+    own gather to the kernel as `attn_bias`. fp64, reference backend: logits and gradients."""
+    model, x = build(case)
+    model = model.double()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("relative_position_index"):
+                buffer.copy_(buffer.flatten().flip(0).view(buffer.shape))
+    patched = patch(case, copy.deepcopy(model), "reference")
+    x = x.double()
+    out, expected = logits(patched, x), logits(model, x)
+    assert all(
+        call["attn_bias"] is not None and call["rel_pos_bias"] is None for call in fused_calls
+    )
+    torch.testing.assert_close(out, expected, atol=1e-9, rtol=1e-9)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, list(patched.parameters()), g, allow_unused=True)
+    want = torch.autograd.grad(expected, list(model.parameters()), g, allow_unused=True)
+    scale = max(b.abs().max().item() for b in want if b is not None)
+    for (name, _), a, b in zip(model.named_parameters(), got, want):
+        assert (a is None) == (b is None), name
+        if b is not None:  # atol from the model's largest gradient: HF Swin's key bias is ~0
+            torch.testing.assert_close(a, b, atol=1e-9 * scale, rtol=1e-7, msg=name)
