@@ -269,3 +269,25 @@ def test_swin_patch_foreign_index_goes_as_a_dense_bias(case, fused_calls):
         assert (a is None) == (b is None), name
         if b is not None:  # atol from the model's largest gradient: HF Swin's key bias is ~0
             torch.testing.assert_close(a, b, atol=1e-9 * scale, rtol=1e-7, msg=name)
+
+
+def test_swin_patch_on_the_meta_device():
+    """A model built on the meta device (weights loaded later) patches: the index and mask
+    checks are left to the library's own construction."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    import timm
+    import torchvision
+    import transformers
+
+    from lfvila.kernels import patch_hf_swin
+
+    with torch.device("meta"):
+        models = [
+            (patch_timm_swin, timm.create_model("swinv2_tiny_window8_256")),
+            (patch_torchvision_swin, torchvision.models.swin_t()),
+            (patch_hf_swin, transformers.SwinModel(transformers.SwinConfig())),
+        ]
+    for patch_fn, model in models:
+        patch_fn(model)
+        assert sum(type(m).__name__.startswith("Fused") for m in model.modules()) == 12
