@@ -243,6 +243,7 @@ def swin_window_attention(
         q, k, v = F.linear(x, weight, bias).view(B, 1, Hx, Wx, 3, heads, head_dim).unbind(4)
         q = (F.normalize(q, dim=-1) * logit_scale.view(heads, 1)).to(v.dtype)
         k = F.normalize(k, dim=-1).to(v.dtype)
+        v = v.contiguous()  # q and k are new tensors: one stride set for the kernels
         if pad_kv is not None:
             pad_kv = (F.normalize(pad_kv[0], dim=-1), pad_kv[1])
         o = window_attention(q, k, v, scale=1.0, pad_kv=pad_kv, **args)
