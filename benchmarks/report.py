@@ -369,6 +369,37 @@ def checkpointing_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def swin_table(rows: list[dict]) -> list[str]:
+    """Issue 28: timm's Swin-T / Swin-V2-T training step, patched vs unpatched, eager/compiled."""
+    runs = [r for r in rows if r.get("level") == "swin"]
+    if not runs:
+        return []
+    eager = {r["case"]: device_ms(r) for r in runs if r["provider"] == "timm-eager"}
+    lines = [
+        "| model | provider | batch | dtype | GPU ms / step | host ms | images/s | peak GiB | "
+        "first step s | vs timm eager |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["case"], device_ms(r))):
+        base = eager.get(r["case"])
+        lines.append(
+            f"| {r['case']} | {r['provider']} | {r.get('batch', '-')} | {r.get('dtype', '-')} | "
+            f"{_fmt(r.get('gpu_ms'))} | {_fmt(r['median_ms'])} | {_fmt(r.get('images_per_s'))} | "
+            f"{_fmt(r.get('peak_gib'))} | {_fmt(r.get('first_step_s'))} | "
+            f"{_fmt(base / device_ms(r) if base else None)}x |"
+        )
+    for case in sorted({r["case"] for r in runs}):
+        by = {r["provider"]: device_ms(r) for r in runs if r["case"] == case}
+        for ours, kind in (("lfvila", "eager"), ("lfvila+compile", "compiled")):
+            others = {p: ms for p, ms in by.items() if p.startswith("timm")
+                      and p.endswith("+compile") == (kind == "compiled")}  # fmt: skip
+            if ours in by and others:
+                best = min(others, key=others.get)
+                lines.append(f"\n- {case}, {kind}: lfvila {others[best] / by[ours]:.2f}x the "
+                             f"fastest unpatched ({best})")  # fmt: skip
+    return lines
+
+
 def loop_table(rows: list[dict]) -> list[str]:
     """The whole training loop (loader + engine): samples/s, data-wait share, MFU."""
     loops = [r for r in rows if r.get("level") == "train-loop"]
@@ -517,6 +548,13 @@ def render(rows: list[dict], env: dict[str, str], command: str, out: pathlib.Pat
         lines += ["## Step profile (torch.profiler)", "", *table]
     if table := checkpointing_table(rows):
         lines += ["## Activation checkpointing of the video encoder", "", *table, ""]
+    if table := swin_table(rows):
+        lines += [
+            "## Swin family on the kernel (timm, forward + backward of a training step)",
+            "",
+            *table,
+            "",
+        ]
     if table := loop_table(rows):
         lines += ["## The training loop (loader + engine, `lfvila pretrain`)", "", *table, ""]
     if table := decode_table(rows):

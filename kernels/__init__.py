@@ -15,7 +15,12 @@ Public API:
                                     gradient the kernels write in place (the module's path)
     window_attention_ref(...)       its pure-PyTorch specification
     WindowAttention3D               drop-in Video-Swin attention module on the fused path
-    patch_torchvision_swin3d(model) run torchvision's video Swin attention on the fused path
+    patch_timm_swin(model, backend) timm's swin_* / swinv2_* on the fused kernel, in place
+    patch_torchvision_swin(model, backend)
+                                    torchvision's swin_t/s/b, swin_v2_t/s/b, swin3d_t/s/b
+    patch_torchvision_swin3d(model) the same, the video models' attention only
+    patch_hf_swin(model, backend)   Hugging Face Swin* / Swinv2* models
+    unpatch_swin(model)             undo any of these (weights and state-dict keys never change)
     contrastive_loss(a, b, temperature, logit_scale, process_group, backend) -> Tensor
                                     LF-VILA's global symmetric InfoNCE, tiled (never N x N)
     mtc_loss(clip_feats, sent_feats, ...) -> Tensor
@@ -55,8 +60,12 @@ from .window_attn import (
     can_run_sdpa,
     can_run_triton,
     explain_window_backend,
+    patch_hf_swin,
+    patch_timm_swin,
+    patch_torchvision_swin,
     patch_torchvision_swin3d,
     relative_position_index,
+    unpatch_swin,
     window_attention,
     window_attention_qkv,
     window_attention_ref,
@@ -80,12 +89,16 @@ __all__ = [
     "mtc_labels",
     "mtc_loss",
     "mtc_loss_ref",
+    "patch_hf_swin",
+    "patch_timm_swin",
+    "patch_torchvision_swin",
     "patch_torchvision_swin3d",
     "record_fused_calls",
     "relative_position_index",
     "sample_mtc_indices",
     "self_check",
     "set_first_call_check",
+    "unpatch_swin",
     "window_attention",
     "window_attention_qkv",
     "window_attention_ref",

@@ -37,6 +37,7 @@ def test_gpu_check_smoke_mode_writes_a_report(tmp_path):
     assert "## Step profile (torch.profiler)" in text and "| matmul |" in text
     assert "## Activation checkpointing of the video encoder" in text
     assert "copy bandwidth" in text
+    assert "## Swin family on the kernel" in text and "| swinv2-t-256 | lfvila+compile |" in text
     assert list(tmp_path.glob("gpu_tests_cpu-smoke_*.log"))
 
 
@@ -101,4 +102,24 @@ def test_gpu_check_train_smoke_mode(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = next(tmp_path.glob("gpu_check_cpu-smoke_*.md")).read_text()
     assert "## Training step" in report and "## Step profile" in report
+    assert "## The attention op" not in report  # nothing else ran
+
+
+def test_gpu_check_swin_smoke_mode(tmp_path):
+    """--swin (issue 28): the Swin patches' GPU tests (collected here), the timm Swin and
+    Swin-V2 benchmark (patched, unpatched eager and SDPA, compiled), the report; nothing else."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--swin", "--out",
+         str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    log = next(tmp_path.glob("gpu_tests_cpu-smoke_*.log")).read_text()
+    assert "test_swin_patch_gpu_tiny_models" in log and "test_window_attention_gpu" not in log
+    report = next(tmp_path.glob("gpu_check_cpu-smoke_*.md")).read_text()
+    assert "## Swin family on the kernel" in report
+    for row in ("| swin-t-224 | timm-eager |", "| swin-t-224 | timm-sdpa |",
+                "| swin-t-224 | lfvila |", "| swinv2-t-256 | lfvila+compile |"):  # fmt: skip
+        assert row in report, report
     assert "## The attention op" not in report  # nothing else ran
