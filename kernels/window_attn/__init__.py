@@ -5,7 +5,6 @@ patches (timm, torchvision, transformers)."""
 from . import check  # noqa: F401  (registers the window-attention self-check)
 from .dispatch import (
     PRIORITY,
-    WindowAttention3D,
     can_run_cuda,
     can_run_sdpa,
     can_run_triton,
@@ -13,6 +12,7 @@ from .dispatch import (
     window_attention,
     window_attention_qkv,
 )
+from .module import WindowAttention3D
 from .patches import (
     patch_hf_swin,
     patch_timm_swin,

@@ -1,4 +1,5 @@
-"""Public `window_attention`: input validation, backend choice with reasons, and the module.
+"""Public `window_attention` and `window_attention_qkv`: backend choice with reasons, the bias
+operand, the self-check's verdict (input validation: validation.py; the module: module.py).
 
 The bias is a relative-position table (`rel_pos_bias`, Video-Swin's) or any dense per-head
 bias (`attn_bias`); the fused kernels take either as one dense (heads or 1, NP, NP) operand
@@ -19,11 +20,7 @@ silently. `explain_window_backend` says what `auto` would run and why.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
 from .. import _self_check
 from .._backend import ext_missing_reason, load_ext
@@ -32,8 +29,9 @@ from . import auto_table
 from .bias import padded_bias, table_bias
 from .function import WindowAttentionFunction, WindowAttentionQKVFunction
 from .geometry import WindowGeometry, window_geometry
-from .reference import relative_position_index, window_attention_ref
+from .reference import window_attention_ref
 from .sdpa import window_attention_sdpa
+from .validation import validate_inputs
 
 # `auto`'s order after the measured table's first candidate (auto_table.py)
 PRIORITY = ("triton", "cuda", "sdpa", "reference")
@@ -41,7 +39,6 @@ FUSED = ("triton", "cuda")
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SDPA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-CLAMPED_INDEX = ("effective", "legacy")
 
 
 def can_run_triton(
@@ -125,100 +122,6 @@ def fallback_backend(call) -> str:
     return "reference" if can_run_sdpa(probe) else "sdpa"
 
 
-def _triple(name: str, value, minimum: int) -> tuple[int, int, int]:
-    ok = isinstance(value, Sequence) and len(value) == 3
-    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value)
-    if not ok:
-        bound = "positive" if minimum > 0 else "non-negative"
-        raise ValueError(f"{name} must be 3 {bound} ints (t, h, w), got {value!r}")
-    return tuple(value)  # type: ignore[return-value]
-
-
-def _validate_attn_bias(attn_bias, q: torch.Tensor, geom: WindowGeometry) -> None:
-    heads, n = q.shape[-2], geom.tokens
-    expected = f"(heads, N, N) = ({heads}, {n}, {n}) or (1, {n}, {n})"
-    where = (
-        f"N = {n} tokens of the window {geom.window} on the {'x'.join(map(str, geom.size))} map"
-        + (f", clamped from {geom.window_cfg}" if geom.window != geom.window_cfg else "")
-    )
-    if not isinstance(attn_bias, torch.Tensor):
-        raise ValueError(f"attn_bias must be a tensor of shape {expected}, got {attn_bias!r}")
-    shape = tuple(attn_bias.shape)
-    if attn_bias.dim() != 3 or shape[1:] != (n, n) or shape[0] not in (1, heads):
-        raise ValueError(f"attn_bias must have shape {expected} ({where}), got {shape}")
-    if attn_bias.device != q.device:
-        raise ValueError(f"attn_bias is on {attn_bias.device} but q is on {q.device}")
-    if attn_bias.dtype not in (torch.float32, q.dtype):
-        raise ValueError(f"attn_bias must be float32 or q's dtype {q.dtype}, got {attn_bias.dtype}")
-
-
-def _validate(
-    q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value, ci
-):
-    if not isinstance(q, torch.Tensor) or q.dim() != 6:
-        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
-        raise ValueError(f"q must have shape (B, T, H, W, heads, head_dim), got {got}")
-    if not q.is_floating_point():
-        raise ValueError(f"q must be a floating tensor, got {q.dtype}")
-    if any(s == 0 for s in q.shape[1:]):
-        raise ValueError(f"q has an empty dimension: shape {tuple(q.shape)}")
-    for name, x in (("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.shape != q.shape:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {got}")
-        if x.dtype != q.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but q has {q.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
-    window = _triple("window_size", window_size, 1)
-    shift = _triple("shift_size", shift_size, 0)
-    for axis in range(3):
-        if shift[axis] >= window[axis]:
-            raise ValueError(
-                f"shift_size[{axis}]={shift[axis]} must be < window_size[{axis}]={window[axis]}"
-            )
-    heads, head_dim = q.shape[-2:]
-    geom = window_geometry(q.shape[1:4], window, shift, ci if ci in CLAMPED_INDEX else "effective")
-    if rel_pos_bias is not None and attn_bias is not None:
-        raise ValueError(
-            "give rel_pos_bias (a relative-position table) or attn_bias (a dense bias), not both: "
-            "add the table's bias into attn_bias instead"
-        )
-    if rel_pos_bias is not None:
-        rows = geom.table_rows
-        if not isinstance(rel_pos_bias, torch.Tensor) or tuple(rel_pos_bias.shape) != (rows, heads):
-            got = (
-                tuple(rel_pos_bias.shape)
-                if isinstance(rel_pos_bias, torch.Tensor)
-                else rel_pos_bias
-            )
-            raise ValueError(
-                f"rel_pos_bias must have shape ((2Wt-1)(2Wh-1)(2Ww-1), heads) = ({rows}, {heads}) "
-                f"for window_size {window}, got {got}"
-            )
-        if rel_pos_bias.device != q.device or not rel_pos_bias.is_floating_point():
-            raise ValueError(f"rel_pos_bias must be a float tensor on {q.device}")
-    if attn_bias is not None:
-        _validate_attn_bias(attn_bias, q, geom)
-    if pad_kv is not None:
-        if not isinstance(pad_kv, (tuple, list)) or len(pad_kv) != 2:
-            raise ValueError("pad_kv must be a pair (k_pad, v_pad) of (heads, head_dim) tensors")
-        for name, x in zip(("pad_kv[0]", "pad_kv[1]"), pad_kv):
-            if not isinstance(x, torch.Tensor) or tuple(x.shape) != (heads, head_dim):
-                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ValueError(
-                    f"{name} must have shape (heads, head_dim) = ({heads}, {head_dim}), got {got}"
-                )
-            if x.device != q.device or not x.is_floating_point():
-                raise ValueError(f"{name} must be a float tensor on {q.device}")
-    for name, x in (("scale", scale), ("mask_value", mask_value)):
-        if x is not None and not (isinstance(x, (int, float)) and math.isfinite(x)):
-            raise ValueError(f"{name} must be a finite number, got {x!r}")
-    if ci not in CLAMPED_INDEX:
-        raise ValueError(f"clamped_index must be one of {CLAMPED_INDEX}, got {ci!r}")
-    return geom
-
-
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -272,7 +175,7 @@ def window_attention(
     LFVILA_KERNEL_SELF_CHECK=off); a mismatch sends that signature to sdpa (the reference on the
     CPU), with a warning.
     """
-    geom = _validate(
+    geom = validate_inputs(
         q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value,
         clamped_index,
     )  # fmt: skip
@@ -319,7 +222,7 @@ def window_attention_qkv(
         got = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"qkv must have shape (B, T, H, W, 3, heads, head_dim), got {got}")
     q, k, v = qkv.unbind(4)
-    geom = _validate(
+    geom = validate_inputs(
         q, k, v, window_size, shift_size, rel_pos_bias, attn_bias, scale, pad_kv, mask_value,
         clamped_index,
     )  # fmt: skip
@@ -375,94 +278,3 @@ def _verdict(q, strides, geom, table, attn_bias, pad_kv, packed, scale, mask_val
     return _self_check.verdict(
         "window_attention", q.shape, q.dtype, q.device, params, tuple(strides), chosen
     )
-
-
-class WindowAttention3D(nn.Module):
-    """Video-Swin's `WindowAttention3D` on the fused path; same parameter and buffer names.
-
-    Args:
-        dim: channels C; window_size: configured (Wt, Wh, Ww); num_heads: C must divide by it.
-        qkv_bias, qk_scale, attn_drop, proj_drop: as Video-Swin.
-        backend: window-attention backend ("auto" by default).
-
-    forward(x: (B, T, H, W, C), shift_size=(0, 0, 0)) -> (B, T, H, W, C). Padding tokens take
-    part in attention with key/value = the qkv bias, exactly as Video-Swin's zero padding of x.
-    """
-
-    clamped_index = "effective"
-
-    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None,
-                 attn_drop=0.0, proj_drop=0.0, backend="auto"):  # fmt: skip
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        self.dim, self.num_heads, self.backend = dim, num_heads, backend
-        self.window_size = _triple("window_size", tuple(window_size), 1)
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        rows = window_geometry(self.window_size, self.window_size).table_rows
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        index = relative_position_index(self.window_size).clone()  # never share the cached tensor
-        self.register_buffer("relative_position_index", index)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor, shift_size=(0, 0, 0)) -> torch.Tensor:
-        o = attention_block(
-            x, self.qkv, self.num_heads, self.window_size, tuple(shift_size),
-            self.relative_position_bias_table, self.scale, self.backend, self.clamped_index,
-            self.attn_drop if self.training else 0.0,
-        )  # fmt: skip
-        return self.proj_drop(self.proj(o))
-
-
-def attention_block(
-    x: torch.Tensor,
-    qkv: nn.Linear,
-    num_heads: int,
-    window_size: tuple[int, int, int],
-    shift_size: tuple[int, int, int],
-    table: torch.Tensor | None,
-    scale: float,
-    backend: str,
-    clamped_index: str,
-    dropout_p: float,
-) -> torch.Tensor:
-    """x (B, T, H, W, C) -> attention output (B, T, H, W, C), before the output projection.
-
-    Padding tokens take part with key/value = the qkv bias (zero without one), exactly as
-    Video-Swin's zero padding of x before its projection. On the CPU q, k and v come from three
-    GEMMs (contiguous outputs: measured faster there than one GEMM and strided views); on a GPU
-    from one GEMM as one packed tensor (`window_attention_qkv`): the kernels read it in place
-    and write its gradient in place. pad_kv is passed only when the map has padding tokens.
-    """
-    B, T, H, W, C = x.shape
-    head_dim = C // num_heads
-    if x.device.type == "cpu":
-        weights = list(qkv.weight.chunk(3))
-        biases = list(qkv.bias.chunk(3)) if qkv.bias is not None else [None] * 3
-        # fold the scale into the q projection: a (C, C) multiply instead of a pass over q
-        weights[0] = weights[0] * scale
-        biases[0] = biases[0] * scale if biases[0] is not None else None
-        scale = 1.0
-        q, k, v = (
-            nn.functional.linear(x, w, b).view(B, T, H, W, num_heads, head_dim)
-            for w, b in zip(weights, biases)
-        )
-    if window_geometry((T, H, W), window_size, shift_size).has_padding:
-        if qkv.bias is not None:
-            _, k_pad, v_pad = qkv.bias.view(3, num_heads, head_dim)
-        else:  # zero-padded x through a bias-free projection: zero keys and values
-            k_pad = v_pad = x.new_zeros(num_heads, head_dim)
-        pad_kv = (k_pad, v_pad)
-    else:
-        pad_kv = None  # no padding token: the kernels skip the pad path and its reductions
-    common = dict(backend=backend, clamped_index=clamped_index, dropout_p=dropout_p)
-    if x.device.type == "cpu":
-        o = window_attention(q, k, v, window_size, shift_size, table, scale, pad_kv, **common)
-    else:
-        packed = qkv(x).view(B, T, H, W, 3, num_heads, head_dim)
-        o = window_attention_qkv(packed, window_size, shift_size, table, scale, pad_kv, **common)
-    return o.reshape(B, T, H, W, C)

@@ -9,8 +9,8 @@ import torch
 from lfvila.kernels.testing import window_attention_inputs
 from lfvila.kernels.window_attn import triton_impl, window_attention_qkv
 from lfvila.kernels.window_attn.bias import gather_table
-from lfvila.kernels.window_attn.dispatch import attention_block
 from lfvila.kernels.window_attn.geometry import window_geometry
+from lfvila.kernels.window_attn.module import attention_block
 from lfvila.kernels.window_attn.triton_bias import reduce_bias_partials
 from lfvila.kernels.window_attn.triton_bwd_fused import _bwd_fused_kernel
 from lfvila.kernels.window_attn.triton_bwd_two_pass import _bwd_dkdv_kernel, _bwd_dq_bias_kernel
@@ -102,7 +102,7 @@ def test_module_passes_pad_kv_only_with_padding(monkeypatch):
         seen.append(pad_kv)
         return q
 
-    monkeypatch.setattr("lfvila.kernels.window_attn.dispatch.window_attention", spy)
+    monkeypatch.setattr("lfvila.kernels.window_attn.module.window_attention", spy)
     qkv = torch.nn.Linear(8, 24)
     attention_block(torch.zeros(1, 4, 6, 10, 8), qkv, 2, (2, 3, 5), (0, 1, 2), None, 0.5,
                     "reference", "effective", 0.0)  # fmt: skip

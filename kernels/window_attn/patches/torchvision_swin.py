@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dispatch import attention_block
+from ..module import attention_block
 from . import common
 
 
