@@ -79,15 +79,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
@@ -97,8 +94,13 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 
-from lfvila.kernels._buffers import poisoned_buffers  # noqa: E402
-from lfvila.kernels.testing import error_report, no_tf32, window_attention_inputs  # noqa: E402
+from lfvila.kernels.testing import (  # noqa: E402
+    GRADIENT,
+    OUTPUT,
+    error_check,
+    no_tf32,
+    window_attention_inputs,
+)
 from lfvila.kernels.window_attn import (  # noqa: E402
     triton_impl,
     window_attention_lse_ref,
@@ -106,11 +108,51 @@ from lfvila.kernels.window_attn import (  # noqa: E402
 )
 from lfvila.kernels.window_attn.bias import fold_table, gather_table  # noqa: E402
 from lfvila.kernels.window_attn.geometry import WindowGeometry, window_geometry  # noqa: E402
-from lfvila.kernels.window_attn.reference import window_slots  # noqa: E402
 from lfvila.model.shapes import AttentionLayer, layer  # noqa: E402
 
-OUTPUT = dict(ratio=2.0, floor=1e-5)
-GRADIENT = dict(ratio=3.0, floor=1e-4)
+if __package__:  # imported as benchmarks.bisect_window_attention (the tests)
+    from .bisect_rowmap import (  # noqa: E402
+        TRIP_KEYS,
+        _ranges,  # noqa: F401  (tested here)
+        delta_check,
+        format_row_map,
+        row_errors,
+        row_map,
+    )
+    from .bisect_variants import (  # noqa: E402
+        _SHIPPED_KERNELS,  # noqa: F401  (tested here)
+        ENV_VARIANTS,
+        VARIANTS,
+        bundled_ptxas,  # noqa: F401
+        find_toolkit_ptxas,  # noqa: F401
+        no_int_spec_kernels,  # noqa: F401
+        ptxas_notes,
+        ptxas_version,  # noqa: F401
+        resolved_ptxas,
+        variant_env,
+    )
+else:  # run as a script on a bare GPU image: its folder is on sys.path, `benchmarks` is not
+    from bisect_rowmap import (  # noqa: E402
+        TRIP_KEYS,
+        _ranges,  # noqa: F401
+        delta_check,
+        format_row_map,
+        row_errors,
+        row_map,
+    )
+    from bisect_variants import (  # noqa: E402
+        _SHIPPED_KERNELS,  # noqa: F401  (tested here)
+        ENV_VARIANTS,
+        VARIANTS,
+        bundled_ptxas,  # noqa: F401
+        find_toolkit_ptxas,  # noqa: F401
+        no_int_spec_kernels,  # noqa: F401
+        ptxas_notes,
+        ptxas_version,  # noqa: F401
+        resolved_ptxas,
+        variant_env,
+    )
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 KERNEL_PACKAGE = triton_impl.__name__.rsplit(".", 1)[0]  # lfvila.kernels.window_attn
 
@@ -161,180 +203,6 @@ SMOKE_CASES = ("tiny-packed-shift:fp32", "tiny-multi-tile-shift:fp32", "tiny-pac
 
 
 # ----------------------------------------------------------------------------------------------
-# Variants: context managers that patch the launchers for one run
-
-
-@contextlib.contextmanager
-def _patched(obj, name, value):
-    """obj.name = value inside (this script runs standalone: benchmarks/ is not a package
-    on its path, so launch_count's twin is not importable here)."""
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
-def _launch_override(**changes):
-    """Every launch-settings function of triton_impl with `changes` applied to its dict."""
-    stack = contextlib.ExitStack()
-    for fname in ("fwd_launch", "bwd_launch", "dq_bias_launch"):
-        original = getattr(triton_impl, fname)
-
-        def patched(*args, _original=original, **kwargs):
-            settings = dict(_original(*args, **kwargs))
-            for key, fn in changes.items():
-                settings[key] = fn(settings.get(key))
-            return settings
-
-        stack.enter_context(_patched(triton_impl, fname, patched))
-    return stack
-
-
-def _one_unit():
-    # every launcher sizes its grid with _programs(units, ...): as many programs as units
-    return _patched(triton_impl, "_programs", lambda units, *args, **kwargs: units)
-
-
-# no-int-spec: the kernels triton_impl launches, as shipped (read at import, before any patch)
-NO_INT_SPEC_KERNELS = (
-    "_fwd_kernel", "_bwd_fused_kernel", "_bwd_dq_bias_kernel", "_bwd_dkdv_kernel",
-)  # fmt: skip
-_SHIPPED_KERNELS = {name: getattr(triton_impl, name) for name in NO_INT_SPEC_KERNELS}
-INT_COUNTS = ("total_windows", "units", "units_per_program", "units_per_chunk", "heads", "chunks")
-_REWRAPPED: dict[str, tuple[object, list[str]]] = {}
-
-
-def int_arguments(kernel) -> list[str]:
-    """A kernel's non-constexpr integer arguments by name: strides (s_*, g_*) and counts."""
-    fn = getattr(kernel, "fn", kernel)  # JITFunction and InterpretedFunction keep the function
-    return [
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if "constexpr" not in str(p.annotation)
-        and (p.name.startswith(("s_", "g_")) or p.name in INT_COUNTS)
-    ]
-
-
-def no_int_spec_kernels() -> dict[str, tuple[object, list[str]]]:
-    """{triton_impl name: (the shipped kernel re-wrapped with do_not_specialize over its integer
-    arguments, those names)}, built once (a JITFunction caches its compiled binaries).
-    `triton.jit(fn, do_not_specialize=...)` takes names in triton 3.6 and 3.8; under
-    TRITON_INTERPRET it returns an InterpretedFunction (which ignores the list)."""
-    if not _REWRAPPED:
-        for name, kernel in _SHIPPED_KERNELS.items():
-            names = int_arguments(kernel)
-            _REWRAPPED[name] = (triton.jit(kernel.fn, do_not_specialize=names), names)
-    return _REWRAPPED
-
-
-def _no_int_spec():
-    stack = contextlib.ExitStack()
-    for name, (kernel, _) in no_int_spec_kernels().items():
-        stack.enter_context(_patched(triton_impl, name, kernel))
-    return stack
-
-
-@contextlib.contextmanager
-def _needs_env(variant: str, key: str):
-    """An env-changing variant runs in a child process whose parent set `key`."""
-    if key not in os.environ:
-        raise RuntimeError(f"{variant} runs in its own process with {key} set (by the parent)")
-    yield
-
-
-VARIANTS = {
-    "baseline": lambda: contextlib.nullcontext(),
-    "one-unit": _one_unit,
-    "stages1": lambda: _launch_override(num_stages=lambda s: 1),
-    "warps": lambda: _launch_override(num_warps=lambda w: 8 if (w or 4) == 4 else 4),
-    "nan-scratch": poisoned_buffers,
-    "mask0": lambda: contextlib.nullcontext(),  # input variant: mask_value 0
-    "no-bias": lambda: contextlib.nullcontext(),  # input variant: no table
-    "toolkit-ptxas": lambda: _needs_env("toolkit-ptxas", "TRITON_PTXAS_PATH"),
-    "no-int-spec": _no_int_spec,
-}
-# Variants that change the process environment: always run in a child process of their own.
-ENV_VARIANTS = ("toolkit-ptxas",)
-
-
-# ----------------------------------------------------------------------------------------------
-# ptxas: Triton's bundled binary and the CUDA toolkit's
-
-
-def ptxas_version(path: str | None) -> str | None:
-    """'13.0 (V13.0.88)' from `path --version`, or None when it does not run."""
-    if not path:
-        return None
-    try:
-        text = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    found = re.search(r"release ([\d.]+), V([\d.]+)", text)
-    return f"{found.group(1)} (V{found.group(2)})" if found else None
-
-
-def bundled_ptxas() -> str:
-    """Triton's own ptxas (what it runs unless TRITON_PTXAS_PATH names another)."""
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-
-
-def resolved_ptxas() -> str:
-    """The ptxas this process's Triton would run, with its version (knobs of triton >= 3.4)."""
-    try:
-        tool = triton.knobs.nvidia.ptxas
-        return f"{tool.path} {tool.version}"
-    except Exception as exc:  # noqa: BLE001 - a report, not a requirement
-        return f"unknown ({type(exc).__name__})"
-
-
-def find_toolkit_ptxas() -> str | None:
-    """The machine's CUDA-toolkit ptxas: on PATH, in $CUDA_HOME/bin, $CUDA_PATH/bin or
-    /usr/local/cuda/bin; never Triton's bundled one. None when there is none that runs."""
-    bundled = os.path.realpath(bundled_ptxas())
-    candidates = [shutil.which("ptxas")]
-    candidates += [os.path.join(os.environ[v], "bin", "ptxas")
-                   for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]  # fmt: skip
-    candidates.append("/usr/local/cuda/bin/ptxas")
-    for path in candidates:
-        if path and os.path.isfile(path) and os.path.realpath(path) != bundled:
-            if ptxas_version(path):
-                return path
-    return None
-
-
-def variant_env(variant: str) -> tuple[dict | None, str | None]:
-    """(extra environment for the variant's child process, None) or (None, why it cannot run)."""
-    if variant == "toolkit-ptxas":
-        path = find_toolkit_ptxas()
-        if path is None:
-            return None, "no toolkit ptxas"
-        cache = tempfile.mkdtemp(prefix="bisect-toolkit-ptxas-cache-")
-        return dict(TRITON_PTXAS_PATH=path, TRITON_PTXAS_BLACKWELL_PATH=path,
-                    TRITON_CACHE_DIR=cache), None  # fmt: skip
-    return {}, None
-
-
-def ptxas_notes(device: str) -> str:
-    bundled = bundled_ptxas()
-    toolkit = find_toolkit_ptxas()
-    text = (
-        f"ptxas: Triton's bundled {bundled} {ptxas_version(bundled) or '(does not run)'}; "
-        f"toolkit {toolkit} {ptxas_version(toolkit)}"
-        if toolkit
-        else f"ptxas: Triton's bundled {bundled} {ptxas_version(bundled) or '(does not run)'}; "
-        "no toolkit ptxas found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)"
-    )
-    text += f"; the other variants' Triton runs {resolved_ptxas()}"
-    if device != "cuda":
-        text += " (interpreter: no ptxas runs)"
-    return text
-
-
-# ----------------------------------------------------------------------------------------------
 # Running one case
 
 
@@ -343,7 +211,7 @@ class LaunchLog:
     arguments, warps, stages) while active, and still runs it. `records` keeps each launch's
     integer arguments and constexprs: the plan the launcher computed (the row map reads it)."""
 
-    KEYS = ("units", "units_per_program", "units_per_chunk", "total_windows")
+    KEYS = TRIP_KEYS
 
     def __init__(self):
         self.lines: list[str] = []
@@ -471,12 +339,9 @@ def run_cell(
     ]
     checks += [(n, first[2][n], truth[2][n], pt[2][n], GRADIENT) for n in first[2]]
     for name, out, t, p, rule in checks:
-        ok, _ = error_report(out.float(), t.float(), p.float(), **rule)
-        err = (out.double() - t.double()).abs().max().item()
-        bound = _bound(t, p, rule)
-        ratio = math.inf if not math.isfinite(err) else err / bound if bound else math.inf
-        if not ok and ratio >= worst:
-            worst, worst_name = ratio, name
+        ok, _, margin = error_check(out, t, p, **rule)  # margin: the error / its bound
+        if not ok and margin >= worst:
+            worst, worst_name = margin, name
     same = all(_same_bits(a, b) for a, b in zip(_flat(first), _flat(second)))
     same = same and all(_same_bits(scratch[n], scratch2[n]) for n in scratch)
     cell = "ok" if not worst_name else f"{worst_name} {worst:.2g}x"
@@ -518,219 +383,6 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.is_floating_point():
         a, b = (x.contiguous().view(_BITS[x.element_size()]) for x in (a, b))
     return torch.equal(a, b)
-
-
-# ----------------------------------------------------------------------------------------------
-# Two-pass delta: pass 1's rowsum(dO * O) against torch's
-
-
-def delta_check(
-    delta: torch.Tensor, do: torch.Tensor, o: torch.Tensor
-) -> tuple[str, tuple[torch.Tensor, float]]:
-    """Pass 1's delta (B, T, H, W, heads) against rowsum(dO * O) in fp32 from the kernel's O.
-    Each row's bound is D * 2**-24 * rowsum|dO * O| (an fp32 sum of D products in any order).
-    Returns (text, (per-row error as a multiple of its row's bound, 1.0) for the row map)."""
-    prod = do.float() * o.float()
-    ref = prod.sum(-1)
-    bound = prod.shape[-1] * 2.0**-24 * prod.abs().sum(-1)
-    err = (delta.float() - ref).abs().double()
-    err = torch.nan_to_num(err, nan=math.inf)
-    ratio = torch.where(bound > 0, err / bound.double(), torch.where(err > 0, math.inf, 0.0))
-    over = int((ratio > 1).sum())
-    worst = ratio.max().item() if ratio.numel() else 0.0
-    nan = int(torch.isnan(delta).sum())
-    if over == 0:
-        return f"ok {worst:.2g}x", (ratio, 1.0)
-    text = f"{over}/{ratio.numel()} rows {worst:.2g}x" + (f", {nan} NaN" if nan else "")
-    return text, (ratio, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Row map: rows over bound -> batch, window, position, shift region, boundary, loop trip
-
-
-def row_errors(out: torch.Tensor, truth: torch.Tensor, bound: float):
-    """(per (token, head) row max |out - truth| (NaN -> inf), bound)."""
-    err = torch.nan_to_num((out.double() - truth.double()).abs(), nan=math.inf)
-    return (err.amax(-1) if err.dim() == 6 else err), bound
-
-
-def _token_windows(geom: WindowGeometry):
-    """Per real token of the map (flat t*H*W + h*W + w): its window, position, shift region;
-    and per window whether it spans more than one shift region."""
-    slots = window_slots(geom)
-    src, region = slots["src"], slots["region"]  # (nW, N)
-    n_tok = math.prod(geom.size)
-    real = src.reshape(-1) < n_tok
-    slot = torch.empty(n_tok, dtype=torch.long)
-    slot[src.reshape(-1)[real]] = torch.arange(src.numel())[real]
-    n = geom.tokens
-    boundary = region.amax(1) != region.amin(1)
-    return slot // n, slot % n, region.reshape(-1)[slot], boundary
-
-
-def _loop_trips(plan: list[dict], rows: torch.Tensor, np_rows: int) -> dict:
-    """{"fwd" | "bwd_q" | "bwd_kv": (what the trip is, trip per row)} from the launches' own
-    arguments (the plan `fwd` and `bwd` computed): unit = row // BLOCK as the kernels number
-    them (row = window * NP + position)."""
-    last = {r["kernel"]: r for r in plan}
-    loops = {}
-    if (r := last.get("_fwd_kernel")) is not None:
-        blk, per = r["consts"]["BLOCK"], r["args"]["units_per_program"]
-        loops["fwd"] = (f"forward unit loop ({per} units of {blk} rows per program)",
-                        (rows // blk) % per)  # fmt: skip
-    if (r := last.get("_bwd_fused_kernel")) is not None:
-        blk, per = r["consts"]["BLOCK"], r["args"]["units_per_chunk"]
-        trip = (f"fused backward chunk loop ({per} units of {blk} rows per chunk)",
-                (rows // blk) % per)  # fmt: skip
-        loops["bwd_q"] = loops["bwd_kv"] = trip
-    if (r := last.get("_bwd_dq_bias_kernel")) is not None:
-        per = r["args"]["units_per_chunk"]
-        loops["bwd_q"] = (f"dq pass window loop ({per} windows per chunk)",
-                          (rows // np_rows) % per)  # fmt: skip
-    if (r := last.get("_bwd_dkdv_kernel")) is not None:
-        blk = r["consts"]["BLOCK"]
-        loops["bwd_kv"] = (f"dk/dv pass: no window loop, one program per key block of {blk} "
-                           "rows; by key block", (rows % np_rows) // blk)  # fmt: skip
-    return loops
-
-
-LOOP_OF = {"out": "fwd", "lse": "fwd", "dq": "bwd_q", "delta": "bwd_q", "dk": "bwd_kv",
-           "dv": "bwd_kv"}  # fmt: skip
-
-
-def row_map(case: Case, batch: int, errors: dict, plan: list[dict]) -> dict:
-    """{tensor: summary} of the rows over bound. errors: {name: (per-row error (B, T, H, W,
-    heads), bound)}. A summary: rows, over, bound, worst, loop (what the trip is), by_trip
-    {trip: [over, rows]}, boundary / interior [over, rows], by_region {region: [over, rows]},
-    by_head {head: over}, top (up to 5 windows: b, w, grid cell, over, positions, regions of the
-    window, regions over, trips over)."""
-    geom = case.geometry()
-    win, pos, region, boundary = _token_windows(geom)
-    n_win, np_rows = geom.num_windows, geom.padded_tokens
-    b = torch.arange(batch)[:, None]
-    gwin = b * n_win + win[None, :]  # (B, tokens): the kernels' window index
-    rows = gwin * np_rows + pos[None, :]
-    loops = _loop_trips(plan, rows, np_rows)
-    regions_of = window_slots(geom)["region"]
-    _, nwh, nww = geom.grid
-    summary = {"_geometry": dict(
-        size=geom.size, window=geom.window, shift=geom.shift, N=geom.tokens, NP=np_rows,
-        windows=n_win, boundary_windows=int(boundary.sum()), heads=case.spec.heads,
-        launches=[_launch_text(r) for r in plan],
-    )}  # fmt: skip
-    for name, (err, bound) in errors.items():
-        heads = err.shape[-1]
-        over = (err.reshape(batch, -1, heads) > bound).cpu()  # (B, tokens, heads)
-        per_tok = over.sum(-1)  # (B, tokens)
-        total = per_tok.numel() * heads
-        entry = dict(rows=total, over=int(over.sum()), bound=bound, worst=float(err.max()))
-        label, trip = loops.get(LOOP_OF[name], ("no recorded launch", torch.zeros_like(rows)))
-        entry["loop"] = label
-        entry["by_trip"] = _histogram(trip, per_tok, heads)
-        bnd = boundary[win][None, :].expand_as(per_tok)
-        entry["boundary"] = [int(per_tok[bnd].sum()), int(bnd.sum()) * heads]
-        entry["interior"] = [int(per_tok[~bnd].sum()), int((~bnd).sum()) * heads]
-        entry["by_region"] = _histogram(region[None, :].expand_as(per_tok), per_tok, heads)
-        entry["by_head"] = {h: int(c) for h, c in enumerate(over.sum((0, 1)).tolist()) if c}
-        per_win = torch.zeros(batch * n_win, dtype=torch.long)
-        per_win.index_add_(0, gwin.reshape(-1), per_tok.reshape(-1))
-        top = []
-        for w in per_win.argsort(descending=True, stable=True)[:5].tolist():
-            if per_win[w] == 0:
-                break
-            bw, wi = divmod(w, n_win)
-            sel = (gwin[bw] == w) & (per_tok[bw] > 0)
-            top.append(dict(
-                b=bw, w=wi, cell=(wi // (nwh * nww), wi // nww % nwh, wi % nww),
-                over=int(per_win[w]), positions=sorted(pos[sel].tolist()),
-                regions=sorted(set(regions_of[wi].tolist())),
-                regions_over=sorted(set(region[sel].tolist())),
-                trips=sorted(set(trip[bw][sel].tolist())),
-            ))  # fmt: skip
-        entry["top"] = top
-        summary[name] = entry
-    return summary
-
-
-def _launch_text(record: dict) -> str:
-    """'_fwd_kernel grid (4, 528) units=..., units_per_program=8, ..., BLOCK=64'."""
-    shown = [f"{k}={record['args'][k]}" for k in LaunchLog.KEYS if k in record["args"]]
-    shown += [f"{k}={record['consts'][k]}" for k in ("BLOCK", "BLOCK_Q", "NJ", "KEY_SPLIT")
-              if k in record["consts"]]  # fmt: skip
-    return f"{record['kernel']} grid {record['grid']} " + ", ".join(shown)
-
-
-def _histogram(keys: torch.Tensor, over: torch.Tensor, heads: int) -> dict:
-    """{key: [rows over bound, rows]} (rows = tokens x heads)."""
-    keys, over = keys.reshape(-1).long(), over.reshape(-1).long()
-    size = int(keys.max()) + 1 if keys.numel() else 0
-    counts = torch.bincount(keys, minlength=size) * heads
-    hits = torch.bincount(keys, weights=over.double(), minlength=size).long()
-    return {k: [int(hits[k]), int(counts[k])] for k in range(size) if counts[k]}
-
-
-def _ranges(values: list[int], limit: int = 6) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the first `limit` runs)."""
-    runs: list[list[int]] = []
-    for x in values:
-        if runs and x == runs[-1][1] + 1:
-            runs[-1][1] = x
-        else:
-            runs.append([x, x])
-    text = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
-    return text + (",..." if len(runs) > limit else "")
-
-
-def _hist_text(hist: dict, limit: int = 12) -> str:
-    items = list(hist.items())
-    if len(items) > limit:  # many trips: those with rows over bound first, then the rest
-        hot = [kv for kv in items if kv[1][0]]
-        shown = hot[:limit]
-        rest = [kv for kv in items if kv not in shown]
-        over = sum(v[0] for _, v in rest)
-        rows = sum(v[1] for _, v in rest)
-        text = ", ".join(f"{k}: {o}/{n}" for k, (o, n) in shown)
-        return text + f"; {len(rest)} others: {over}/{rows}"
-    return ", ".join(f"{k}: {o}/{n}" for k, (o, n) in items)
-
-
-def format_row_map(case: Case, variant: str, batch: int, summary: dict) -> str:
-    """The row map as Markdown: one line of geometry and launch plan, one bullet per tensor."""
-    geo = summary["_geometry"]
-    x = lambda t: "x".join(map(str, t))  # noqa: E731
-    lines = [
-        f"### Row map: {case.name} / {variant} (batch {batch})",
-        "",
-        f"map {x(geo['size'])}, window {x(geo['window'])}, shift {x(geo['shift'])}: N {geo['N']}, "
-        f"NP {geo['NP']}, {batch} x {geo['windows']} windows ({geo['boundary_windows']} per batch "
-        f"span shift regions), {geo['heads']} heads. Launches: " + "; ".join(geo["launches"]),
-        "Rows = (token, head) pairs with error over the tensor's bound; `a/b` = rows over bound / "
-        "rows. Region id = 9 rt + 3 rh + rw (0-2 per axis: the shift's three slices). Top "
-        "windows: (batch, window (t, h, w cell)): rows over, positions n, regions of the window "
-        "(over in), trips.",
-        "",
-    ]
-    for name, e in summary.items():
-        if name.startswith("_"):
-            continue
-        if not e["over"]:
-            lines.append(f"- {name}: no row over bound (worst {e['worst']:.2e}, "
-                         f"bound {e['bound']:.2e})")  # fmt: skip
-            continue
-        top = "; ".join(
-            f"({t['b']}, {t['w']} {t['cell']}): {t['over']}, n {_ranges(t['positions'])}, "
-            f"regions {t['regions']} (over in {t['regions_over']}), trips {t['trips']}"
-            for t in e["top"]
-        )
-        lines.append(
-            f"- {name}: {e['over']}/{e['rows']} rows over bound (bound {e['bound']:.2e}, worst "
-            f"{e['worst']:.2e}). {e['loop']}, by trip: {_hist_text(e['by_trip'])}. Boundary "
-            f"windows {e['boundary'][0]}/{e['boundary'][1]}, interior {e['interior'][0]}/"
-            f"{e['interior'][1]}. By region: {_hist_text(e['by_region'], 27)}. By head: "
-            f"{e['by_head']}. Top windows: {top}"
-        )
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from benchmarks import bisect_variants
 from benchmarks import bisect_window_attention as bisect
 from lfvila.kernels.window_attn import triton_impl
 from lfvila.kernels.window_attn.reference import window_slots
@@ -41,7 +42,7 @@ def test_new_variants_run_in_smoke_mode(tmp_path):
 
 
 def test_toolkit_ptxas_missing_is_a_cell_not_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(bisect, "find_toolkit_ptxas", lambda: None)
+    monkeypatch.setattr(bisect_variants, "find_toolkit_ptxas", lambda: None)
     argv = ["--smoke", "--cases", PACKED, "--variants", "toolkit-ptxas", "--out", str(tmp_path)]
     assert bisect.main(argv) == 0
     text = _table(tmp_path)

@@ -8,6 +8,7 @@ import torch
 from .. import _self_check
 from ..testing import GRADIENT, OUTPUT, window_attention_inputs
 from .dispatch import fallback_backend, window_attention, window_attention_qkv
+from .geometry import window_geometry
 from .reference import window_attention_ref
 
 
@@ -19,8 +20,6 @@ def _bias_inputs(call, inp, gen):
         return inp["rel_pos_bias"].to(dtype), None
     if kind == "none":
         return None, None
-    from .geometry import window_geometry
-
     n = window_geometry(call.shape[1:4], p["window"], p["shift"]).tokens
     heads = call.shape[-2] if kind == "dense" else 1
     dense = torch.randn(heads, n, n, generator=gen, dtype=torch.float64)

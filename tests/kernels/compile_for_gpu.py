@@ -91,105 +91,41 @@ from lfvila.kernels.window_attn import (  # noqa: E402
 )
 from lfvila.kernels.window_attn.geometry import window_geometry  # noqa: E402
 
+if __package__:  # imported as a module (a tool importing the report's helpers)
+    from .compile_cases import (  # noqa: E402
+        ALL_CASES,
+        ATTN_CASES,
+        BATCHES,
+        CI_CASES,
+        LOSS_CASES,
+        AttnCase,
+    )
+    from .compile_loads import (  # noqa: E402
+        MIN_BIAS_LOAD_BYTES,
+        global_loads,
+        load_sites,
+        load_summary,
+    )
+else:  # run as a script (how make test and the docs run it): its folder is on sys.path
+    from compile_cases import (  # noqa: E402
+        ALL_CASES,
+        ATTN_CASES,
+        BATCHES,
+        CI_CASES,
+        LOSS_CASES,
+        AttnCase,
+    )
+    from compile_loads import (  # noqa: E402
+        MIN_BIAS_LOAD_BYTES,
+        global_loads,
+        load_sites,
+        load_summary,
+    )
+
 TARGET = GPUTarget("cuda", 90, 32)
 GPU_SMS = 132  # H100 / H200 SXM
 MAX_SHARED = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 KERNEL_MODULES = (triton_fwd, triton_bwd_fused, triton_bwd_two_pass, triton_bias, contrastive_impl)
-# Loads narrower than this in the bias tile would mean a gather, not a tile (fails the check).
-MIN_BIAS_LOAD_BYTES = 8
-BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
-DTYPE_NAMES = {BF16: "bf16", FP16: "fp16", FP32: "fp32"}
-
-
-@dataclasses.dataclass(frozen=True)
-class AttnCase:
-    """One window-attention forward + backward. path "module": what `WindowAttention3D` runs on a
-    GPU under autocast (one packed qkv in `dtype`, fp32 table, fp32 pad vectors where the map is
-    padded: what training runs); "functional": `window_attention` with q, k, v in `dtype` (fp32
-    table)."""
-
-    size: tuple[int, int, int]  # (T, H, W) map
-    heads: int
-    head_dim: int
-    window: tuple[int, int, int]
-    shift: tuple[int, int, int]
-    dtype: torch.dtype
-    path: str = "module"
-    pad_kv: bool = True  # functional only: pass pad vectors (else padding keys are masked)
-    bias: str = "table"  # functional only: "table", "dense", "dense-broadcast" (in dtype), "none"
-    clamped: str = "effective"  # functional only
-    batch: int | None = None  # None: every batch of --batches; else only this one
-
-
-# LF-VILA's layers (PERF.md): (T, H, W) map, heads, window; L4 is L3's shape.
-LAYERS = {
-    "L0": ((32, 24, 40), 4, (2, 3, 5)),
-    "L1": ((32, 12, 20), 8, (4, 3, 5)),
-    "L2": ((32, 6, 10), 16, (8, 3, 5)),
-    "L3": ((32, 6, 10), 16, (16, 3, 5)),
-    "L5": ((32, 3, 5), 32, (32, 3, 5)),  # global: clamped to the map, never shifted
-}
-LF_SHIFT = (0, 1, 2)
-# Video-Swin-T at 32 frames, patch 2x4x4: stage 1 (16x56x56, 3 heads), windows and their shifts.
-VSWIN = {"vswin8x7x7": ((8, 7, 7), (4, 3, 3)), "vswin2x7x7": ((2, 7, 7), (1, 3, 3))}
-
-
-def _attn_cases() -> dict[str, AttnCase]:
-    cases = {}
-    for dtype in (BF16, FP16):
-        for d in (32, 64):
-            tail = f"{DTYPE_NAMES[dtype]}-d{d}"
-            for name, (size, heads, window) in LAYERS.items():
-                cases[f"{name}-{tail}"] = AttnCase(size, heads, d, window, (0, 0, 0), dtype)
-                if name != "L5":
-                    cases[f"{name}-shift-{tail}"] = AttnCase(
-                        size, heads, d, window, LF_SHIFT, dtype
-                    )
-            for name, (window, shift) in VSWIN.items():
-                cases[f"{name}-{tail}"] = AttnCase((16, 56, 56), 3, d, window, (0, 0, 0), dtype)
-                cases[f"{name}-shift-{tail}"] = AttnCase((16, 56, 56), 3, d, window, shift, dtype)
-    # odd cases, through the functional: padding keys masked at head_dim 64; fp32 with the
-    # legacy clamped index at 128; no bias table at 16
-    cases["pad-masked-fp16-d64"] = AttnCase(
-        (9, 7, 11), 3, 64, (4, 3, 5), (1, 1, 2), FP16, "functional", pad_kv=False, batch=1
-    )
-    cases["legacy-fp32-d128"] = AttnCase(
-        (3, 4, 4), 2, 128, (4, 3, 5), (2, 1, 2), FP32, "functional", clamped="legacy", batch=1
-    )
-    cases["no-bias-d16"] = AttnCase(
-        (5, 6, 7), 2, 16, (1, 2, 3), (0, 1, 1), BF16, "functional", bias="none", batch=1
-    )  # fmt: skip
-    cases["pad-module-bf16-d32"] = AttnCase((9, 7, 11), 4, 32, (4, 3, 5), (1, 1, 2), BF16)
-    # a user's dense bias in the inputs' dtype (Swin-V2's CPB, ALiBi-like terms): per head at
-    # L0 (packed windows, the fused backward) and broadcast over heads at L3 (two passes)
-    for name, layer, kind in (("L0", "L0", "dense"), ("L3", "L3", "dense-broadcast")):
-        size, heads, window = LAYERS[layer]
-        for dtype in (BF16, FP16):
-            cases[f"{name}-shift-{kind}-{DTYPE_NAMES[dtype]}-d32"] = AttnCase(
-                size, heads, 32, window, LF_SHIFT, dtype, "functional", pad_kv=False, bias=kind
-            )  # fmt: skip
-    return cases
-
-
-ATTN_CASES = _attn_cases()
-# contrastive cases: (N, d, dtype) for the InfoNCE, (B, M, d, dtype) for MTC
-LOSS_CASES = {
-    "infonce-bf16-d1024": ("infonce", (512, 1024, BF16)),
-    "infonce-fp32-d72": ("infonce", (300, 72, FP32)),
-    "mtc-bf16-d1024": ("mtc", (64, 4, 1024, BF16)),
-    "mtc-fp16-d40": ("mtc", (9, 6, 40, FP16)),
-}
-ALL_CASES = [*ATTN_CASES, *LOSS_CASES]
-BATCHES = tuple(range(1, 17))  # LF-VILA's per-GPU batch is 16; smaller ones in evaluation, tests
-# make test: every LF-VILA layer (shifted where it is), the large Video-Swin window (at head_dim
-# 64 too: the dq/bias pass in key parts), the odd cases (fp32, fp16, head dims 16/64/128, masked
-# padding, no bias) and every loss kernel.
-CI_CASES = [
-    "L0-shift-bf16-d32", "L1-shift-bf16-d32", "L2-shift-bf16-d32", "L3-shift-bf16-d32",
-    "L5-bf16-d32", "vswin8x7x7-shift-bf16-d32", "vswin8x7x7-shift-fp16-d64",
-    "pad-masked-fp16-d64", "legacy-fp32-d128", "no-bias-d16", "pad-module-bf16-d32",
-    "L0-shift-dense-bf16-d32", "L3-shift-dense-broadcast-fp16-d32", *LOSS_CASES,
-]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,76 +342,6 @@ def compile_variant(index: int) -> dict:
     return dict(usage, shared=kernel.metadata.shared, seconds=seconds, loads=loads)
 
 
-# ----------------------------------------------------------------------------------------------
-# Global loads: every `ld.global` / `cp.async` of the LLVM IR (inline PTX) with its width in
-# bytes, attributed to the innermost source line of its debug location (inlined helpers included).
-
-_DI_FILE = re.compile(r'^!(\d+) = !DIFile\(filename: "([^"]+)"')
-_DI_SCOPE = re.compile(r"^!(\d+) = (?:distinct )?!DI(?:Subprogram|LexicalBlock\w*)\((.*)\)")
-_DI_LOC = re.compile(r"^!(\d+) = !DILocation\(line: (\d+).*?scope: !(\d+)")
-_LD = re.compile(r"ld\.global(?:\.\w+)*?(?:\.v(\d))?\.(?:b|u|s|f)(\d+)")
-_CP = re.compile(r"cp\.async\.c[ag]\.shared\.global \[[^]]*\], \[[^]]*\], (0x[0-9a-fA-F]+|\d+)")
-
-
-def global_loads(llir: str) -> dict[tuple[str, int], dict[int, int]]:
-    """{(file name, line): {width in bytes: instruction count}} of one compiled kernel."""
-    files, scope_file, locs = {}, {}, {}
-    for line in llir.splitlines():
-        if m := _DI_FILE.match(line):
-            files[m.group(1)] = m.group(2)
-        elif m := _DI_SCOPE.match(line):
-            f = re.search(r"file: !(\d+)", m.group(2))
-            scope_file[m.group(1)] = f.group(1) if f else None
-        elif m := _DI_LOC.match(line):
-            locs[m.group(1)] = (int(m.group(2)), m.group(3))
-    sites: dict[tuple[str, int], dict[int, int]] = {}
-    for line in llir.splitlines():
-        if "asm" not in line or "!dbg" not in line:
-            continue
-        asm = line.split('"')[1] if '"' in line else ""
-        width = None
-        if m := _LD.search(asm):
-            width = int(m.group(1) or 1) * int(m.group(2)) // 8
-        elif m := _CP.search(asm):
-            width = int(m.group(1), 0)
-        if width is None:
-            continue
-        dbg = re.search(r"!dbg !(\d+)", line).group(1)
-        lineno, scope = locs.get(dbg, (0, None))
-        name = files.get(scope_file.get(scope), "?")
-        counts = sites.setdefault((name, lineno), {})
-        counts[width] = counts.get(width, 0) + 1
-    return sites
-
-
-def _bias_tile_site() -> tuple[str, int]:
-    """(file, line) of the bias tile's `tl.load` in triton_rows.bias_tile."""
-    lines, first = inspect.getsourcelines(triton_rows.bias_tile.fn)
-    for offset, text in enumerate(lines):
-        if "tl.load(" in text:
-            return os.path.basename(triton_rows.__file__), first + offset
-    raise RuntimeError("no tl.load in bias_tile")
-
-
-BIAS_TILE_SITE = _bias_tile_site()
-
-
-def _widths(counts: dict[int, int]) -> str:
-    """{16: 8, 4: 2} -> '16Bx8 4Bx2'."""
-    return " ".join(f"{w}Bx{n}" for w, n in sorted(counts.items(), reverse=True))
-
-
-def _load_summary(loads: dict) -> tuple[str, str, bool]:
-    """(all global loads by width, the bias tile's widths, whether the bias tile is a gather)."""
-    total: dict[int, int] = {}
-    for counts in loads.values():
-        for w, n in counts.items():
-            total[w] = total.get(w, 0) + n
-    bias = loads.get(BIAS_TILE_SITE, {})
-    gather = any(w < MIN_BIAS_LOAD_BYTES for w in bias)
-    return _widths(total), (_widths(bias) if bias else "-"), gather
-
-
 def compile_all(found: list[Variant], jobs: int) -> list[dict]:
     _VARIANTS[:] = found
     if jobs <= 1:
@@ -577,7 +443,7 @@ def _status(r: dict, cases: list[str], spills_fail: bool = True) -> tuple[list[s
             problems.append("SPILL")
     if r["shared"] > MAX_SHARED:
         problems.append("SHARED > 227 KiB")
-    if _load_summary(r["loads"])[2]:
+    if load_summary(r["loads"])[2]:
         problems.append(f"BIAS TILE LOADS < {MIN_BIAS_LOAD_BYTES} B (a gather)")
     return problems, notes
 
@@ -608,7 +474,7 @@ def report(
         if "error" in r:
             cells = ["", "", "", "", "", "", ""]
         else:
-            widths, bias_widths, _ = _load_summary(r["loads"])
+            widths, bias_widths, _ = load_summary(r["loads"])
             cells = [
                 str(r["registers"]),
                 f"{r['spill_stores']}/{r['spill_loads']}",
@@ -622,7 +488,7 @@ def report(
             f"| {v.fn.__name__} | {_cases(v.cases)} | {_config(v)} | " + " | ".join(cells)
             + f" | {status} |"
         )  # fmt: skip
-    lines += ["", *_load_sites(found, results), ""]
+    lines += ["", *load_sites(found, results, (*KERNEL_MODULES, triton_rows)), ""]
     if missing:
         failures += len(missing)
         lines.append(f"NOT COMPILED by any case: {', '.join(sorted(missing))}.")
@@ -636,38 +502,6 @@ def report(
         + f"; variants that spill, reported, not failed: {reported_spills}."
     )
     return "\n".join(lines) + "\n", failures
-
-
-def _load_sites(found, results) -> list[str]:
-    """Every global-load site of every kernel with the widths its variants compile it to."""
-    sites: dict[tuple[str, tuple[str, int]], dict[int, int]] = {}
-    for v, r in zip(found, results):
-        for site, counts in r.get("loads", {}).items():
-            merged = sites.setdefault((v.fn.__name__, site), {})
-            for w in counts:
-                merged[w] = merged.get(w, 0) + 1  # variants that load this site at width w
-    lines = [
-        "Global-load sites (source line of each `ld.global` / `cp.async`, widths in bytes, and in "
-        "how many of the kernel's variants); the bias tile is "
-        f"`{BIAS_TILE_SITE[0]}:{BIAS_TILE_SITE[1]}`:",
-        "",
-        "| kernel | site | source | widths (variants) |",
-        "|---|---|---|---|",
-    ]
-    for (kernel, (name, line)), counts in sorted(sites.items()):
-        text = _source_line(name, line).replace("|", "/")
-        widths = " ".join(f"{w}B ({n})" for w, n in sorted(counts.items(), reverse=True))
-        lines.append(f"| {kernel} | {name}:{line} | `{text}` | {widths} |")
-    return lines
-
-
-def _source_line(name: str, line: int) -> str:
-    for module in (*KERNEL_MODULES, triton_rows):
-        if os.path.basename(module.__file__) == name:
-            with open(module.__file__) as f:
-                source = f.read().splitlines()
-            return source[line - 1].strip()[:90] if 0 < line <= len(source) else "?"
-    return "?"
 
 
 def _relative(path: str) -> str:

@@ -192,6 +192,27 @@ def _from_explicit_map(o, axes, size, shift, roll_first):
     return o
 
 
+def v2_table(cpb_mlp: nn.Module, coords: torch.Tensor, heads: int) -> torch.Tensor:
+    """Swin-V2's continuous position bias as a ((2Wh-1)(2Ww-1), heads) table: 16 * sigmoid of
+    the MLP over the log-spaced coordinates (elementwise, so applied before the gather)."""
+    return 16 * torch.sigmoid(cpb_mlp(coords).view(-1, heads))
+
+
+def v2_logit_scale(logit_scale: torch.Tensor, heads: int) -> torch.Tensor:
+    """Swin-V2's per-head cosine-attention scale, exp(min(logit_scale, log 100)): (heads,)."""
+    return torch.clamp(logit_scale, max=math.log(100.0)).exp().view(heads)
+
+
+def table_or_dense(table: torch.Tensor, index: torch.Tensor, window, heads: int, use_table: bool):
+    """(table, None) where the module's index is Swin's (the kernel gathers it, the fold is
+    deterministic), else (None, its own gather as a (heads, N, N) dense bias)."""
+    if use_table:
+        return table, None
+    n = window[0] * window[1]
+    dense = table[index.reshape(-1)].view(n, n, heads).permute(2, 0, 1).contiguous()
+    return None, dense
+
+
 def swin_window_attention(
     x: torch.Tensor,
     weight: torch.Tensor,

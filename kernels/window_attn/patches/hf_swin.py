@@ -13,13 +13,11 @@ three Linear modules: their weights are concatenated per call into one projectio
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import nn
 
 from . import common
-from .timm_swin import v2_table
 
 
 def _attentions_requested() -> bool:
@@ -99,13 +97,11 @@ def _swinv2_forward(self, hidden_states, input_dimensions, output_attentions=Fal
     shortcut = hidden_states
     x = hidden_states.view(batch, height, width, channels)
     weight, bias = _packed(sa.query, sa.key, sa.value)
-    table = v2_table(sa.continuous_position_bias_mlp, sa.relative_coords_table, heads)
-    dense = None
-    if not state.use_table:
-        n = window[0] * window[1]
-        dense = table[sa.relative_position_index.view(-1)].view(n, n, heads).permute(2, 0, 1)
-        table, dense = None, dense.contiguous()
-    logit_scale = torch.clamp(sa.logit_scale, max=math.log(1.0 / 0.01)).exp().view(heads)
+    table = common.v2_table(sa.continuous_position_bias_mlp, sa.relative_coords_table, heads)
+    table, dense = common.table_or_dense(
+        table, sa.relative_position_index, window, heads, state.use_table
+    )
+    logit_scale = common.v2_logit_scale(sa.logit_scale, heads)
     o = common.swin_window_attention(
         x, weight, bias, heads, window, shift, state.backend, table=table, attn_bias=dense,
         logit_scale=logit_scale, mask_value=-200.0,  # Swinv2SelfAttention adds its mask twice

@@ -84,12 +84,6 @@ def _attn_v1(self, x: torch.Tensor) -> torch.Tensor:
     return attn.proj_drop(attn.proj(o))
 
 
-def v2_table(cpb_mlp: nn.Module, coords: torch.Tensor, heads: int) -> torch.Tensor:
-    """Swin-V2's continuous position bias as a ((2Wh-1)(2Ww-1), heads) table: 16 * sigmoid of
-    the MLP over the log-spaced coordinates (elementwise, so applied before the gather)."""
-    return 16 * torch.sigmoid(cpb_mlp(coords).view(-1, heads))
-
-
 def _attn_v2(self, x: torch.Tensor) -> torch.Tensor:
     """x (B, H, W, C) -> (B, H, W, C): timm's Swin-V2 `_attn` on the fused kernel."""
     state = self.__dict__[common.ATTR]
@@ -99,13 +93,11 @@ def _attn_v2(self, x: torch.Tensor) -> torch.Tensor:
     attn, heads = self.attn, self.attn.num_heads
     window = tuple(self.window_size)
     bias = None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-    table = v2_table(attn.cpb_mlp, attn.relative_coords_table, heads)
-    dense = None
-    if not state.use_table:
-        n = window[0] * window[1]
-        dense = table[attn.relative_position_index.view(-1)].view(n, n, heads).permute(2, 0, 1)
-        table, dense = None, dense.contiguous()
-    logit_scale = torch.clamp(attn.logit_scale, max=math.log(1.0 / 0.01)).exp().view(heads)
+    table = common.v2_table(attn.cpb_mlp, attn.relative_coords_table, heads)
+    table, dense = common.table_or_dense(
+        table, attn.relative_position_index, window, heads, state.use_table
+    )
+    logit_scale = common.v2_logit_scale(attn.logit_scale, heads)
     o = common.swin_window_attention(
         x, attn.qkv.weight, bias, heads, window, tuple(self.shift_size), state.backend,
         table=table, attn_bias=dense, logit_scale=logit_scale, roll_first=True,

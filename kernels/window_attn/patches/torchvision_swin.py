@@ -54,15 +54,13 @@ def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
             bias = bias.clone()
             length = bias.numel() // 3
             bias[length : 2 * length].zero_()
-        table = 16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table).view(-1, heads))
-        logit_scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp().view(heads)
+        table = common.v2_table(self.cpb_mlp, self.relative_coords_table, heads)
+        logit_scale = common.v2_logit_scale(self.logit_scale, heads)
     else:
         table = self.relative_position_bias_table
-    dense = None
-    if not state.use_table:
-        n = window[0] * window[1]
-        dense = table[self.relative_position_index].view(n, n, heads).permute(2, 0, 1)
-        table, dense = None, dense.contiguous()
+    table, dense = common.table_or_dense(
+        table, self.relative_position_index, window, heads, state.use_table
+    )
     o = common.swin_window_attention(
         x, self.qkv.weight, bias, heads, window, shift, state.backend, table=table,
         attn_bias=dense, scale=(x.shape[-1] // heads) ** -0.5, logit_scale=logit_scale,
